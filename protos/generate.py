@@ -63,13 +63,19 @@ def render() -> dict[str, str]:
 def stale_files(rendered: dict[str, str]) -> list[str]:
     """Names of generated files that are missing, different, or no longer produced."""
     present = {p.name for p in OUTPUT_DIR.glob("*") if p.is_file()} if OUTPUT_DIR.exists() else set()
-    stale = [n for n, text in rendered.items() if not (OUTPUT_DIR / n).is_file() or (OUTPUT_DIR / n).read_text() != text]
+    stale = [
+        n
+        for n, text in rendered.items()
+        if not (OUTPUT_DIR / n).is_file() or (OUTPUT_DIR / n).read_text() != text
+    ]
     stale += sorted(present - set(rendered) - {"py.typed"})
     return sorted(stale)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="report stale files and exit 1, write nothing")
     args = parser.parse_args(argv)
     rendered = render()

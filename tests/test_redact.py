@@ -20,7 +20,10 @@ _secret = st.text(
 
 
 def test_rtsp_url_keeps_host_port_path() -> None:
-    assert redact_url("rtsp://admin:hunter2@10.0.0.5:554/Streaming/101") == "rtsp://***@10.0.0.5:554/Streaming/101"
+    assert (
+        redact_url("rtsp://admin:hunter2@10.0.0.5:554/Streaming/101")
+        == "rtsp://***@10.0.0.5:554/Streaming/101"
+    )
 
 
 def test_url_without_credentials_is_unchanged() -> None:
@@ -30,7 +33,10 @@ def test_url_without_credentials_is_unchanged() -> None:
 
 
 def test_secret_query_parameters_are_hidden() -> None:
-    assert redact_url("http://cam/video.mjpg?user=a&password=s3cr3t") == "http://cam/video.mjpg?user=a&password=***"
+    assert (
+        redact_url("http://cam/video.mjpg?user=a&password=s3cr3t")
+        == "http://cam/video.mjpg?user=a&password=***"
+    )
 
 
 def test_ipv6_host_survives() -> None:

@@ -25,7 +25,9 @@ def _redact_value(value: Any) -> Any:
     return value
 
 
-def redact_credentials(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def redact_credentials(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: the last line of defence; callers should log redacted URLs anyway."""
     for key, value in event_dict.items():
         event_dict[key] = _redact_value(value)

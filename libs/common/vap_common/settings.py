@@ -67,7 +67,9 @@ class ServiceSettings(BaseSettings):
     # Where embedded servers keep their data and services their caches.
     data_dir: Path = Path(".vap")
     nats_url: str | None = Field(default=None, validation_alias=AliasChoices("NATS_URL", "nats_url"))
-    database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url")
+    )
     # Prometheus metrics HTTP port (0 = disabled) and gRPC health port (0 = pick a free one).
     metrics_port: int = Field(default=0, ge=0, le=65535)
     health_port: int = Field(default=0, ge=0, le=65535)
