@@ -48,8 +48,8 @@ def render() -> dict[str, str]:
             f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
             f"--python_out={tmp}",
             f"--grpc_python_out={tmp}",
-            f"--mypy_out={tmp}",
-            f"--mypy_grpc_out={tmp}",
+            f"--mypy_out=quiet:{tmp}",
+            f"--mypy_grpc_out=quiet:{tmp}",
             *(str(p.relative_to(PROTOS_DIR)) for p in protos),
         ]
         if protoc.main(args) != 0:

@@ -1,0 +1,33 @@
+"""Deterministic ring names derived from a camera channel id.
+
+``vap-ring-<sanitised channel id>-<12 hex digits of sha256(channel id)>``: readable in ``ls /dev/shm``,
+safe as a POSIX shm name (no slash, no leading dot, only ``[A-Za-z0-9._-]``), far below NAME_MAX (255),
+and distinct channel ids that sanitise to the same text still get distinct names thanks to the hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+SHM_DIR = "/dev/shm"  # noqa: S108 - where Linux (glibc shm_open) keeps POSIX shared-memory objects
+RING_PREFIX = "vap-ring-"
+# A writer builds its ring under a hidden temporary name and publishes it with link(2), so a ring is
+# never visible under its real name before its header is complete.
+TMP_PREFIX = ".vap-ring-tmp-"
+_MAX_READABLE = 48
+_HASH_HEX = 12
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def ring_name(channel_id: str) -> str:
+    """The shm name (without leading slash) of the ring of ``channel_id``; same input, same name."""
+    if not channel_id:
+        raise ValueError("channel_id must not be empty")
+    readable = _UNSAFE.sub("_", channel_id)[:_MAX_READABLE].strip("._-") or "ch"
+    digest = hashlib.sha256(channel_id.encode("utf-8")).hexdigest()[:_HASH_HEX]
+    return f"{RING_PREFIX}{readable}-{digest}"
+
+
+def is_ring_name(name: str) -> bool:
+    return name.startswith(RING_PREFIX) and "/" not in name

@@ -1,0 +1,77 @@
+"""Fixtures shared by every test: real NATS and PostgreSQL servers, never mocks.
+
+One NATS and one PostgreSQL are started per test session (``embedded_endpoints``), unless NATS_URL /
+DATABASE_URL point at servers already (CI may provide them). Tests share these servers: name streams, subjects
+and tables uniquely (e.g. with a uuid) and clean up what you create.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import nats
+import psycopg
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NatsClient
+
+from vap_common.embedded import EmbeddedServers, Endpoints
+
+# Simulated RTSP cameras (fixture ``rtsp_camera``) for any test directory.
+pytest_plugins = ["vap_rtspcam.fixtures"]
+
+
+@pytest.fixture(scope="session")
+def embedded_endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
+    """NATS and PostgreSQL for the whole session. A fresh cluster per session (initdb ~1 s, durable=False:
+    no fsync) rather than one reused from a cache dir: parallel sessions cannot share a running cluster, and
+    copying a cached one would save well under a second."""
+    with EmbeddedServers() as servers:
+        yield servers.start(tmp_path_factory.mktemp("embedded"), durable=False)
+
+
+@pytest.fixture(scope="session")
+def nats_url(embedded_endpoints: Endpoints) -> str:
+    assert embedded_endpoints.nats_url is not None
+    return embedded_endpoints.nats_url
+
+
+@pytest.fixture(scope="session")
+def database_url(embedded_endpoints: Endpoints) -> str:
+    assert embedded_endpoints.database_url is not None
+    return embedded_endpoints.database_url
+
+
+def _test_loop_scope(request: pytest.FixtureRequest) -> str:
+    marker = request.node.get_closest_marker("asyncio")
+    scope = marker.kwargs.get("loop_scope") if marker is not None else None
+    return str(scope or request.config.getini("asyncio_default_test_loop_scope"))
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def nats_client(nats_url: str, request: pytest.FixtureRequest) -> AsyncIterator[NatsClient]:
+    """A connection for one test, closed after it. It lives on the session event loop (the project's
+    ``asyncio_default_fixture_loop_scope``), so the test must run on that loop too."""
+    if _test_loop_scope(request) != "session":
+        # Otherwise the client's reader task runs on a loop that is idle during the test: timeouts and
+        # CancelledError deep inside nats-py instead of a clear message.
+        pytest.fail(
+            "nats_client needs the test on the session event loop: mark it "
+            '@pytest.mark.asyncio(loop_scope="session") or set asyncio_default_test_loop_scope = "session"'
+        )
+    client = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def pg_conn(database_url: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    """A connection for one test; closing it rolls back whatever the test left uncommitted."""
+    conn = psycopg.connect(database_url, connect_timeout=10)
+    try:
+        yield conn
+    finally:
+        conn.close()
