@@ -1,0 +1,89 @@
+"""What every VAP service process has: structured logs, a gRPC health endpoint (grpc.health.v1),
+Prometheus metrics over HTTP, and a clean shutdown on SIGTERM/SIGINT.
+
+    settings = DecoderSettings.load(args.config)
+    async with ServiceRuntime("decoder-agent", settings) as runtime:
+        ...start work...
+        runtime.set_serving(True)
+        await runtime.stopped()          # returns on SIGTERM/SIGINT or runtime.request_stop()
+        ...stop work...
+
+The bound ports are in ``runtime.health_port`` / ``runtime.metrics_port`` (settings may ask for 0 = any free
+port, which tests use) and are logged at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from types import TracebackType
+from typing import Self
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
+
+from vap_common.logs import configure_logging, get_logger
+from vap_common.settings import ServiceSettings
+
+_log = get_logger("vap.runtime")
+
+
+class ServiceRuntime:
+    def __init__(self, service: str, settings: ServiceSettings, *, metrics: bool = True) -> None:
+        self.service = service
+        self.settings = settings
+        self._metrics_enabled = metrics
+        self._stop = asyncio.Event()
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._metrics_server: object | None = None
+        self.health_port = 0
+        self.metrics_port = 0
+
+    async def __aenter__(self) -> Self:
+        configure_logging(self.service, level=self.settings.log_level, fmt=self.settings.log_format)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        self._server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self.health_port = self._server.add_insecure_port(f"127.0.0.1:{self.settings.health_port}")
+        await self._server.start()
+        await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._metrics_enabled:
+            server, _thread = start_http_server(self.settings.metrics_port, addr="127.0.0.1")
+            self._metrics_server = server
+            self.metrics_port = int(server.server_port)
+        _log.info("service started", health_port=self.health_port, metrics_port=self.metrics_port)
+        return self
+
+    def add_grpc_service(self) -> grpc.aio.Server:
+        """The process's gRPC server, to add more services before ``set_serving``."""
+        assert self._server is not None
+        return self._server
+
+    async def set_serving(self, serving: bool, service: str = "") -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self._health.set(service, status)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stopped(self) -> None:
+        await self._stop.wait()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace=1.0)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()  # type: ignore[attr-defined]
+        _log.info("service stopped")
