@@ -64,4 +64,32 @@ install_python_env() {
 
 install_system_packages
 install_python_env
+
+# --- bench-only peers (owner: services/tracker, bench suite `tracker`) ------------------------------------
+# ByteTrack from the `trackers` package is the reference the tracker bench compares against. Its wheel
+# requires opencv-python (the GUI build), which would shadow opencv-python-headless's cv2, so it is
+# installed without dependencies and its real run-time needs are installed by hand. supervision (for
+# sv.Detections, the type trackers' update() takes) declares no OpenCV dependency of its own and uses the
+# headless cv2. Skipped when the pinned versions are already there.
+install_bench_peers() {
+  if .venv/bin/python - <<'PY' 2>/dev/null
+import importlib.metadata as md, sys
+want = {"trackers": "2.6.1", "supervision": "0.31.2"}
+sys.exit(0 if all(md.version(n) == v for n, v in want.items()) else 1)
+PY
+  then return 0; fi
+  log "installing bench-only peers: trackers (without opencv-python), supervision"
+  .venv/bin/python -m pip install -q --no-deps 'trackers==2.6.1'
+  .venv/bin/python -m pip install -q 'supervision==0.31.2' 'pydeprecate>=0.9,<0.14' 'rich>=13' 'requests>=2.28'
+  if .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1; then
+    log "opencv-python got installed and would clash with opencv-python-headless: removing it"
+    .venv/bin/python -m pip uninstall -q -y opencv-python
+    .venv/bin/python -m pip install -q --force-reinstall --no-deps opencv-python-headless
+  fi
+  .venv/bin/python -c 'import cv2, trackers; cv2.setNumThreads(1)' ||
+    { log "bench peers installed but cv2/trackers do not import"; return 1; }
+}
+install_bench_peers
+# --- end of bench-only peers -------------------------------------------------------------------------------
+
 log "ready: .venv/bin/python"

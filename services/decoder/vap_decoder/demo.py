@@ -5,7 +5,8 @@
 1. starts embedded NATS and PostgreSQL (or uses NATS_URL / DATABASE_URL);
 2. serves the sample video as a live RTSP camera (GStreamer, when its Debian packages are installed;
    otherwise the file is read paced in real time);
-3. decodes it with FFmpeg (PyAV) straight into a shmring (I420) and publishes a FrameRef per frame on NATS;
+3. decodes it with FFmpeg (PyAV) straight into a shmring (I420) and publishes a FrameRef per frame on NATS
+   (vap_framebus, the hot-path client);
 4. a reader process subscribes, maps the ring, looks at every frame through a zero-copy numpy view
    (mean luma of a subsampled Y plane) and measures the handoff latency commit -> view;
 5. per-second figures go to PostgreSQL and are printed; the summary at the end is read back from there.
@@ -25,19 +26,18 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import av
-import nats
 import numpy as np
 import psycopg
-from nats.aio.msg import Msg
 
-from vap_common import subjects
+from vap_common import aio, subjects
 from vap_common.embedded import EmbeddedServers
 from vap_common.paths import REPO_ROOT, sample_video
 from vap_common.redact import redact_url
 from vap_decoder.ring_sink import copy_i420
+from vap_framebus import AsyncFrameSubscriber, FramePublisher
 from vap_proto.v1.frame_pb2 import FrameRef, PixelFormat
 from vap_rtspcam import RtspCamera, unavailable_reason
-from vap_shmring import ReaderPool, RingWriter
+from vap_shmring import ReaderPool, RingWriter, ShmRingError
 
 CHANNEL = "demo-cam-1"
 _SCHEMA = """
@@ -62,7 +62,7 @@ class ReaderConfig:
 
 
 def _reader_main(config: ReaderConfig, ready: Event, stop: Event) -> None:
-    asyncio.run(_read_frames(config, ready, stop))
+    aio.run(_read_frames(config, ready, stop))
 
 
 async def _read_frames(config: ReaderConfig, ready: Event, stop: Event) -> None:
@@ -72,22 +72,23 @@ async def _read_frames(config: ReaderConfig, ready: Event, stop: Event) -> None:
     stale = 0
     second = 0
 
-    async def on_frame(msg: Msg) -> None:
+    def on_frame(_subject: str, payload: bytes) -> None:
+        # Called inline by the frame bus: view, look, check, no awaits.
         nonlocal stale
-        ref = FrameRef.FromString(msg.data)
+        ref = FrameRef.FromString(payload)
         try:
             y_plane = pool.view(ref).planes[0]
             latencies.append((time.time_ns() - ref.commit_time_ns) / 1e6)
             luma = float(y_plane[::8, ::8].mean())
             pool.check(ref)  # after the last use of the pixels
-        except Exception:  # a rewritten slot or a restarted ring: count it, the next frame will do
+        except ShmRingError:  # a rewritten slot or a restarted ring: count it, the next frame will do
             stale += 1
             return
         lumas.append(luma)
 
-    nc = await nats.connect(config.nats_url)
-    await nc.subscribe(subjects.frames(CHANNEL), cb=on_frame)
-    await nc.flush()
+    bus = AsyncFrameSubscriber()
+    await bus.connect(config.nats_url, name="vap-demo-reader")
+    await bus.subscribe(subjects.frames(CHANNEL), on_frame)
     with psycopg.connect(config.database_url, autocommit=True) as db:
         ready.set()
         while not stop.is_set():
@@ -114,7 +115,7 @@ async def _read_frames(config: ReaderConfig, ready: Event, stop: Event) -> None:
             latencies.clear()
             lumas.clear()
             stale = 0
-    await nc.close()
+    await bus.close()
     pool.close()
 
 
@@ -128,8 +129,9 @@ def _open_source(video: Path) -> tuple[str, dict[str, str], RtspCamera | None]:
     return str(video), {}, None
 
 
-async def _decode(url: str, options: dict[str, str], nats_url: str, seconds: float, paced: bool) -> int:
-    nc = await nats.connect(nats_url)
+def _decode(url: str, options: dict[str, str], nats_url: str, seconds: float, paced: bool) -> int:
+    bus = FramePublisher()
+    bus.connect(nats_url, name="vap-demo-decoder")
     container = av.open(url, options=options, timeout=(10.0, 5.0))
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -146,17 +148,18 @@ async def _decode(url: str, options: dict[str, str], nats_url: str, seconds: flo
             captured = time.time_ns()
             copy_i420(frame, ring.begin())
             ref = ring.commit(sequence=sequence, capture_time_ns=captured)
-            await nc.publish(subjects.frames(CHANNEL), ref.SerializeToString())
+            bus.publish(subjects.frames(CHANNEL), ref.SerializeToString())
             sequence += 1
             elapsed = time.monotonic() - started
             if elapsed >= seconds:
                 break
             # A file has no clock of its own: pace it like a live camera. RTSP arrives in real time.
-            await asyncio.sleep(max(0.0, sequence * frame_period - elapsed) if paced else 0)
+            if paced:
+                time.sleep(max(0.0, sequence * frame_period - elapsed))
     finally:
         container.close()
-        await nc.flush()
-        await nc.close()
+        bus.flush()
+        bus.close()
         ring.close()
     return sequence
 
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             if not ready.wait(30):
                 print("error: the reader process did not start", file=sys.stderr)
                 return 1
-            frames = asyncio.run(_decode(url, options, endpoints.nats_url, args.seconds, camera is None))
+            frames = _decode(url, options, endpoints.nats_url, args.seconds, camera is None)
             time.sleep(1.2)  # let the reader account for the last second
             print(f"decoded and published {frames} frames")
         finally:

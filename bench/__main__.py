@@ -1,0 +1,33 @@
+"""Command line: ``python -m bench SUITE [--quick] [--json PATH]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.harness import format_table, report, suites, write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    available = suites()
+    parser = argparse.ArgumentParser(prog="python -m bench", description="VAP benchmarks")
+    parser.add_argument("suite", choices=sorted(available), help="which suite to run")
+    parser.add_argument("--quick", action="store_true", help="short run (under a minute)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON to PATH")
+    args = parser.parse_args(argv)
+
+    suite = available[args.suite]
+    print(f"suite {suite.name}: {suite.description}{' (quick)' if args.quick else ''}", flush=True)
+    rows = suite.run(args.quick)
+    print(format_table(rows, suite.columns))
+    for line in suite.summarize(rows):
+        print(line)
+    if args.json:
+        write_json(args.json, report(suite.name, rows))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
