@@ -117,7 +117,8 @@ Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 @_typing.final
 class Line(_message.Message):
     """Directional counting line. A crossing is counted when a track's anchor passes from one side to the other
-    through the segment itself, at most once per track and direction until it crosses back.
+    through the segment itself, at most once per track and direction (a track that crosses A -> B, back
+    B -> A and A -> B again counts one A -> B and one B -> A: no double counts per track).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -26,19 +26,19 @@ from vap_proto.v1 import common_pb2 as vap_dot_v1_dot_common__pb2
 from vap_proto.v1 import frame_pb2 as vap_dot_v1_dot_frame__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vap/v1/detection.proto\x12\x06vap.v1\x1a\x13vap/v1/common.proto\x1a\x12vap/v1/frame.proto\"\xd8\x01\n\tDetection\x12 \n\x03\x62ox\x18\x01 \x01(\x0b\x32\x13.vap.v1.BoundingBox\x12\x10\n\x08\x63lass_id\x18\x02 \x01(\r\x12\x12\n\nclass_name\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\x12\x15\n\x08track_id\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\tglobal_id\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12%\n\nattributes\x18\x07 \x03(\x0b\x32\x11.vap.v1.AttributeB\x0b\n\t_track_idB\x0c\n\n_global_id\"\xbf\x01\n\x0eInferenceStats\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rqueue_wait_us\x18\x03 \x01(\r\x12\x15\n\rpreprocess_us\x18\x04 \x01(\r\x12\x14\n\x0cinference_us\x18\x05 \x01(\r\x12\x16\n\x0epostprocess_us\x18\x06 \x01(\r\x12)\n\x07\x62\x61\x63kend\x18\x07 \x01(\x0e\x32\x18.vap.v1.InferenceBackend\"\x9a\x01\n\x0f\x46rameDetections\x12 \n\x05\x66rame\x18\x01 \x01(\x0b\x32\x11.vap.v1.FrameInfo\x12%\n\ndetections\x18\x02 \x03(\x0b\x32\x11.vap.v1.Detection\x12%\n\x05stats\x18\x03 \x01(\x0b\x32\x16.vap.v1.InferenceStats\x12\x17\n\x0fpublish_time_ns\x18\x04 \x01(\x03*\xa4\x01\n\x10InferenceBackend\x12!\n\x1dINFERENCE_BACKEND_UNSPECIFIED\x10\x00\x12%\n!INFERENCE_BACKEND_ONNXRUNTIME_CPU\x10\x01\x12&\n\"INFERENCE_BACKEND_ONNXRUNTIME_CUDA\x10\x02\x12\x1e\n\x1aINFERENCE_BACKEND_TENSORRT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vap/v1/detection.proto\x12\x06vap.v1\x1a\x13vap/v1/common.proto\x1a\x12vap/v1/frame.proto\"\xd8\x01\n\tDetection\x12 \n\x03\x62ox\x18\x01 \x01(\x0b\x32\x13.vap.v1.BoundingBox\x12\x10\n\x08\x63lass_id\x18\x02 \x01(\r\x12\x12\n\nclass_name\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\x12\x15\n\x08track_id\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\tglobal_id\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12%\n\nattributes\x18\x07 \x03(\x0b\x32\x11.vap.v1.AttributeB\x0b\n\t_track_idB\x0c\n\n_global_id\"\xbf\x01\n\x0eInferenceStats\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rqueue_wait_us\x18\x03 \x01(\r\x12\x15\n\rpreprocess_us\x18\x04 \x01(\r\x12\x14\n\x0cinference_us\x18\x05 \x01(\r\x12\x16\n\x0epostprocess_us\x18\x06 \x01(\r\x12)\n\x07\x62\x61\x63kend\x18\x07 \x01(\x0e\x32\x18.vap.v1.InferenceBackend\"\xbf\x01\n\x0f\x46rameDetections\x12 \n\x05\x66rame\x18\x01 \x01(\x0b\x32\x11.vap.v1.FrameInfo\x12%\n\ndetections\x18\x02 \x03(\x0b\x32\x11.vap.v1.Detection\x12%\n\x05stats\x18\x03 \x01(\x0b\x32\x16.vap.v1.InferenceStats\x12\x17\n\x0fpublish_time_ns\x18\x04 \x01(\x03\x12#\n\tframe_ref\x18\x05 \x01(\x0b\x32\x10.vap.v1.FrameRef*\xa4\x01\n\x10InferenceBackend\x12!\n\x1dINFERENCE_BACKEND_UNSPECIFIED\x10\x00\x12%\n!INFERENCE_BACKEND_ONNXRUNTIME_CPU\x10\x01\x12&\n\"INFERENCE_BACKEND_ONNXRUNTIME_CUDA\x10\x02\x12\x1e\n\x1aINFERENCE_BACKEND_TENSORRT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vap.v1.detection_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INFERENCEBACKEND']._serialized_start=646
-  _globals['_INFERENCEBACKEND']._serialized_end=810
+  _globals['_INFERENCEBACKEND']._serialized_start=683
+  _globals['_INFERENCEBACKEND']._serialized_end=847
   _globals['_DETECTION']._serialized_start=76
   _globals['_DETECTION']._serialized_end=292
   _globals['_INFERENCESTATS']._serialized_start=295
   _globals['_INFERENCESTATS']._serialized_end=486
   _globals['_FRAMEDETECTIONS']._serialized_start=489
-  _globals['_FRAMEDETECTIONS']._serialized_end=643
+  _globals['_FRAMEDETECTIONS']._serialized_end=680
 # @@protoc_insertion_point(module_scope)

@@ -164,6 +164,7 @@ class FrameDetections(_message.Message):
     DETECTIONS_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
     PUBLISH_TIME_NS_FIELD_NUMBER: _builtins.int
+    FRAME_REF_FIELD_NUMBER: _builtins.int
     publish_time_ns: _builtins.int
     """Wall-clock time (Unix epoch, ns) when this message was published; minus frame.capture_time_ns gives the
     capture-to-detection latency.
@@ -180,6 +181,13 @@ class FrameDetections(_message.Message):
     def stats(self) -> Global___InferenceStats:
         """Model, batch size and per-stage timings of this frame's inference."""
 
+    @_builtins.property
+    def frame_ref(self) -> _frame_pb2.FrameRef:
+        """The FrameRef the detections were computed from (ring, slot, generation, geometry), so consumers on the
+        same host (the tracker's ReID crops) can read the frame's pixels from the ring. The slot may have been
+        overwritten since: check its generation after reading. Unset for images uploaded through Detect.
+        """
+
     def __init__(
         self,
         *,
@@ -187,10 +195,11 @@ class FrameDetections(_message.Message):
         detections: _abc.Iterable[Global___Detection] | None = ...,
         stats: Global___InferenceStats | None = ...,
         publish_time_ns: _builtins.int = ...,
+        frame_ref: _frame_pb2.FrameRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "stats", b"stats"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "frame_ref", b"frame_ref", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detections", b"detections", "frame", b"frame", "publish_time_ns", b"publish_time_ns", "stats", b"stats"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detections", b"detections", "frame", b"frame", "frame_ref", b"frame_ref", "publish_time_ns", b"publish_time_ns", "stats", b"stats"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,8 +59,9 @@ Global___ChannelState: _TypeAlias = ChannelState  # noqa: Y015
 
 @_typing.final
 class ChannelHealth(_message.Message):
-    """Periodic and on-change health report of one channel. Published by the decoder agent on
-    subjects.channel_health(channel_id), at least every few seconds and at every state change.
+    """Periodic and on-change health report of one channel. Published on subjects.channel_health(channel_id)
+    by the channel's decoder process (at least every few seconds and at every state change) and by the
+    decoder agent itself for process-level events (a crashed process, a refused start, a stop).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -86,6 +87,11 @@ class ChannelHealth(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
     PROCESS_RESTARTS_FIELD_NUMBER: _builtins.int
+    FRAMES_DECODED_FIELD_NUMBER: _builtins.int
+    FRAMES_SKIPPED_FIELD_NUMBER: _builtins.int
+    DECODE_FPS_FIELD_NUMBER: _builtins.int
+    DECODE_MS_FIELD_NUMBER: _builtins.int
+    WRITE_MS_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     """Channel the report is about."""
     scenario_id: _builtins.str
@@ -130,6 +136,18 @@ class ChannelHealth(_message.Message):
     """Process id of the decoder process on the agent's host; 0 when none is running."""
     process_restarts: _builtins.int
     """Times the supervisor restarted a crashed decoder process of this channel."""
+    frames_decoded: _builtins.int
+    """Frames decoded since the channel was started (kept and skipped ones)."""
+    frames_skipped: _builtins.int
+    """Frames skipped by sampling (target_fps) since the channel was started; never converted or copied."""
+    decode_fps: _builtins.float
+    """Decoded frames per second over the last few seconds (kept ones are counted by `fps`)."""
+    decode_ms: _builtins.float
+    """Mean wall time in milliseconds spent in the decoder per decoded frame over the last few seconds."""
+    write_ms: _builtins.float
+    """Mean wall time in milliseconds to write one kept frame into its ring slot (copy, or convert/resize
+    straight into the slot) over the last few seconds.
+    """
     def __init__(
         self,
         *,
@@ -154,10 +172,15 @@ class ChannelHealth(_message.Message):
         agent_id: _builtins.str = ...,
         pid: _builtins.int = ...,
         process_restarts: _builtins.int = ...,
+        frames_decoded: _builtins.int = ...,
+        frames_skipped: _builtins.int = ...,
+        decode_fps: _builtins.float = ...,
+        decode_ms: _builtins.float = ...,
+        write_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "channel_id", b"channel_id", "codec", b"codec", "decode_errors", b"decode_errors", "fps", b"fps", "frames_dropped", b"frames_dropped", "frames_total", b"frames_total", "height", b"height", "last_frame_time_ns", b"last_frame_time_ns", "next_retry_time_ns", b"next_retry_time_ns", "pid", b"pid", "process_restarts", b"process_restarts", "reason", b"reason", "reconnect_count", b"reconnect_count", "report_time_ns", b"report_time_ns", "scenario_id", b"scenario_id", "source_fps", b"source_fps", "state", b"state", "state_since_ns", b"state_since_ns", "stream_epoch", b"stream_epoch", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "channel_id", b"channel_id", "codec", b"codec", "decode_errors", b"decode_errors", "decode_fps", b"decode_fps", "decode_ms", b"decode_ms", "fps", b"fps", "frames_decoded", b"frames_decoded", "frames_dropped", b"frames_dropped", "frames_skipped", b"frames_skipped", "frames_total", b"frames_total", "height", b"height", "last_frame_time_ns", b"last_frame_time_ns", "next_retry_time_ns", b"next_retry_time_ns", "pid", b"pid", "process_restarts", b"process_restarts", "reason", b"reason", "reconnect_count", b"reconnect_count", "report_time_ns", b"report_time_ns", "scenario_id", b"scenario_id", "source_fps", b"source_fps", "state", b"state", "state_since_ns", b"state_since_ns", "stream_epoch", b"stream_epoch", "width", b"width", "write_ms", b"write_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,19 +27,19 @@ from vap_proto.v1 import detection_pb2 as vap_dot_v1_dot_detection__pb2
 from vap_proto.v1 import frame_pb2 as vap_dot_v1_dot_frame__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vap/v1/tracking.proto\x12\x06vap.v1\x1a\x13vap/v1/common.proto\x1a\x16vap/v1/detection.proto\x1a\x12vap/v1/frame.proto\"\"\n\x08Velocity\x12\n\n\x02vx\x18\x01 \x01(\x02\x12\n\n\x02vy\x18\x02 \x01(\x02\"\xae\x02\n\x05Track\x12\x10\n\x08track_id\x18\x01 \x01(\x04\x12\x11\n\tglobal_id\x18\x02 \x01(\x04\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.vap.v1.TrackState\x12 \n\x03\x62ox\x18\x04 \x01(\x0b\x32\x13.vap.v1.BoundingBox\x12\"\n\x08velocity\x18\x05 \x01(\x0b\x32\x10.vap.v1.Velocity\x12\x10\n\x08\x63lass_id\x18\x06 \x01(\r\x12\x12\n\nclass_name\x18\x07 \x01(\t\x12\x12\n\nconfidence\x18\x08 \x01(\x02\x12\x0b\n\x03\x61ge\x18\t \x01(\r\x12\x0c\n\x04hits\x18\n \x01(\r\x12\x1b\n\x13\x66rames_since_update\x18\x0b \x01(\r\x12%\n\nattributes\x18\x0c \x03(\x0b\x32\x11.vap.v1.Attribute\"\xa8\x01\n\x0cTrackedFrame\x12 \n\x05\x66rame\x18\x01 \x01(\x0b\x32\x11.vap.v1.FrameInfo\x12\x1d\n\x06tracks\x18\x02 \x03(\x0b\x32\r.vap.v1.Track\x12)\n\tinference\x18\x03 \x01(\x0b\x32\x16.vap.v1.InferenceStats\x12\x13\n\x0btracking_us\x18\x04 \x01(\r\x12\x17\n\x0fpublish_time_ns\x18\x05 \x01(\x03*\x8e\x01\n\nTrackState\x12\x1b\n\x17TRACK_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15TRACK_STATE_TENTATIVE\x10\x01\x12\x19\n\x15TRACK_STATE_CONFIRMED\x10\x02\x12\x14\n\x10TRACK_STATE_LOST\x10\x03\x12\x17\n\x13TRACK_STATE_REMOVED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15vap/v1/tracking.proto\x12\x06vap.v1\x1a\x13vap/v1/common.proto\x1a\x16vap/v1/detection.proto\x1a\x12vap/v1/frame.proto\"\"\n\x08Velocity\x12\n\n\x02vx\x18\x01 \x01(\x02\x12\n\n\x02vy\x18\x02 \x01(\x02\"\xcc\x02\n\x05Track\x12\x10\n\x08track_id\x18\x01 \x01(\x04\x12\x11\n\tglobal_id\x18\x02 \x01(\x04\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.vap.v1.TrackState\x12 \n\x03\x62ox\x18\x04 \x01(\x0b\x32\x13.vap.v1.BoundingBox\x12\"\n\x08velocity\x18\x05 \x01(\x0b\x32\x10.vap.v1.Velocity\x12\x10\n\x08\x63lass_id\x18\x06 \x01(\r\x12\x12\n\nclass_name\x18\x07 \x01(\t\x12\x12\n\nconfidence\x18\x08 \x01(\x02\x12\x0b\n\x03\x61ge\x18\t \x01(\r\x12\x0c\n\x04hits\x18\n \x01(\r\x12\x1b\n\x13\x66rames_since_update\x18\x0b \x01(\r\x12%\n\nattributes\x18\x0c \x03(\x0b\x32\x11.vap.v1.Attribute\x12\x1c\n\x14merged_into_track_id\x18\r \x01(\x04\"\xa8\x01\n\x0cTrackedFrame\x12 \n\x05\x66rame\x18\x01 \x01(\x0b\x32\x11.vap.v1.FrameInfo\x12\x1d\n\x06tracks\x18\x02 \x03(\x0b\x32\r.vap.v1.Track\x12)\n\tinference\x18\x03 \x01(\x0b\x32\x16.vap.v1.InferenceStats\x12\x13\n\x0btracking_us\x18\x04 \x01(\r\x12\x17\n\x0fpublish_time_ns\x18\x05 \x01(\x03*\x8e\x01\n\nTrackState\x12\x1b\n\x17TRACK_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15TRACK_STATE_TENTATIVE\x10\x01\x12\x19\n\x15TRACK_STATE_CONFIRMED\x10\x02\x12\x14\n\x10TRACK_STATE_LOST\x10\x03\x12\x17\n\x13TRACK_STATE_REMOVED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vap.v1.tracking_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRACKSTATE']._serialized_start=611
-  _globals['_TRACKSTATE']._serialized_end=753
+  _globals['_TRACKSTATE']._serialized_start=641
+  _globals['_TRACKSTATE']._serialized_end=783
   _globals['_VELOCITY']._serialized_start=98
   _globals['_VELOCITY']._serialized_end=132
   _globals['_TRACK']._serialized_start=135
-  _globals['_TRACK']._serialized_end=437
-  _globals['_TRACKEDFRAME']._serialized_start=440
-  _globals['_TRACKEDFRAME']._serialized_end=608
+  _globals['_TRACK']._serialized_end=467
+  _globals['_TRACKEDFRAME']._serialized_start=470
+  _globals['_TRACKEDFRAME']._serialized_end=638
 # @@protoc_insertion_point(module_scope)

@@ -98,6 +98,7 @@ class Track(_message.Message):
     HITS_FIELD_NUMBER: _builtins.int
     FRAMES_SINCE_UPDATE_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    MERGED_INTO_TRACK_ID_FIELD_NUMBER: _builtins.int
     track_id: _builtins.int
     """Track id, >= 1, unique within one channel of one scenario run and never reused there."""
     global_id: _builtins.int
@@ -116,6 +117,10 @@ class Track(_message.Message):
     """Frames in which the track was matched to a detection."""
     frames_since_update: _builtins.int
     """Consecutive frames without a match up to this one (0 = matched in this frame)."""
+    merged_into_track_id: _builtins.int
+    """On a REMOVED track only: ReID re-attached this (young) track to an older LOST track of the same channel,
+    whose id it names; the object continues under that id from this frame on. 0 otherwise.
+    """
     @_builtins.property
     def box(self) -> _common_pb2.BoundingBox:
         """Box in pixel coordinates of the original frame: the matched detection, or the prediction when LOST."""
@@ -143,10 +148,11 @@ class Track(_message.Message):
         hits: _builtins.int = ...,
         frames_since_update: _builtins.int = ...,
         attributes: _abc.Iterable[_common_pb2.Attribute] | None = ...,
+        merged_into_track_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "velocity", b"velocity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age", b"age", "attributes", b"attributes", "box", b"box", "class_id", b"class_id", "class_name", b"class_name", "confidence", b"confidence", "frames_since_update", b"frames_since_update", "global_id", b"global_id", "hits", b"hits", "state", b"state", "track_id", b"track_id", "velocity", b"velocity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age", b"age", "attributes", b"attributes", "box", b"box", "class_id", b"class_id", "class_name", b"class_name", "confidence", b"confidence", "frames_since_update", b"frames_since_update", "global_id", b"global_id", "hits", b"hits", "merged_into_track_id", b"merged_into_track_id", "state", b"state", "track_id", b"track_id", "velocity", b"velocity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

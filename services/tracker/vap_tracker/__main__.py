@@ -1,0 +1,53 @@
+"""``python -m vap_tracker [--config FILE]``: the tracker service process.
+
+Connects to NATS (NATS_URL; the stack launcher passes its embedded server's URL), tracks every channel
+(or the ``channels`` of its settings), serves grpc.health.v1 and Prometheus metrics, and stops cleanly on
+SIGTERM/SIGINT, publishing the open count intervals first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vap_common import aio
+from vap_common.runtime import ServiceRuntime
+from vap_common.settings import SettingsError
+from vap_tracker.bus import NatsBus
+from vap_tracker.service import TrackerService
+from vap_tracker.settings import TrackerServiceSettings
+
+
+async def run(settings: TrackerServiceSettings) -> int:
+    async with ServiceRuntime("tracker", settings) as runtime:
+        if not settings.nats_url:
+            print("NATS_URL is not set: the tracker needs the NATS server the pipeline uses", file=sys.stderr)
+            return 2
+        bus = await NatsBus.connect(settings.nats_url)
+        service = TrackerService(settings, bus)
+        try:
+            await service.start()
+            await runtime.set_serving(True)
+            await runtime.stopped()
+            await runtime.set_serving(False)
+        finally:
+            await service.stop()
+            await bus.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vap_tracker", description="VAP tracker service")
+    parser.add_argument("--config", type=Path, help="YAML settings file (section 'tracker')")
+    args = parser.parse_args(argv)
+    try:
+        settings = TrackerServiceSettings.load(args.config)
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return aio.run(run(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

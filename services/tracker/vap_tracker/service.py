@@ -1,0 +1,216 @@
+"""The tracker service: FrameDetections in, TrackedFrame / AnalyticsEvent / IntervalCounts out, per channel;
+ScenarioConfig updates applied while channels run.
+
+The message handling itself is synchronous (``handle_detections``, ``handle_config`` return what to
+publish) and runs on the event loop: tracking a frame takes well under a millisecond, ReID embeddings run
+in a worker thread, so there is nothing to wait for. Per channel, frames are handled in arrival order.
+
+Channels start with the service defaults the first time their detections arrive, so tracking works even
+before (or without) a ScenarioConfig; rules, ReID and per-scenario thresholds apply from the config on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from vap_common import subjects
+from vap_common.logs import get_logger
+from vap_proto.v1 import analytics_pb2, detection_pb2, scenario_pb2, tracking_pb2
+from vap_shmring import ReaderPool
+from vap_tracker import metrics
+from vap_tracker.bus import Bus
+from vap_tracker.pipeline import ChannelPipeline, PipelineOutput, ReidResources
+from vap_tracker.reid.embedder import Embedder, make_embedder
+from vap_tracker.reid.frames import FrameImage, RingFrame
+from vap_tracker.reid.gallery import SiteGallery
+from vap_tracker.settings import TrackerServiceSettings
+
+_log = get_logger("vap.tracker")
+Outgoing = list[tuple[str, bytes]]
+
+
+@dataclass
+class _Reid:
+    embedder: Embedder
+    executor: cf.ThreadPoolExecutor
+    galleries: dict[str, SiteGallery] = field(default_factory=dict)
+
+
+class TrackerService:
+    def __init__(
+        self,
+        settings: TrackerServiceSettings,
+        bus: Bus | None = None,
+        *,
+        embedder: Embedder | None = None,
+        frame_pool: ReaderPool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.pipelines: dict[str, ChannelPipeline] = {}  # by channel id
+        self._revisions: dict[str, int] = {}  # latest ScenarioConfig revision seen, by scenario id
+        self._embedder = embedder
+        self._reid: _Reid | None = None
+        self._pool = frame_pool if frame_pool is not None else ReaderPool()
+        self._channels = frozenset(settings.channels)
+        self._base = settings.tracker.config()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        assert self.bus is not None, "start() needs a bus"
+        await self.bus.subscribe(subjects.all_scenario_configs(), self._on_config)
+        if self._channels:
+            for channel in sorted(self._channels):
+                await self.bus.subscribe(subjects.detections(channel), self._on_detections)
+        else:
+            await self.bus.subscribe(subjects.all_detections(), self._on_detections)
+        await self.bus.flush()
+        _log.info("tracker subscribed", channels=sorted(self._channels) or "all")
+
+    async def stop(self) -> None:
+        out: Outgoing = []
+        for channel, pipe in list(self.pipelines.items()):
+            out += self._counts_out(channel, pipe.close())
+        self.pipelines.clear()
+        if self.bus is not None:
+            for subject, payload in out:
+                await self.bus.publish(subject, payload)
+            await self.bus.flush()
+        if self._reid is not None:
+            self._reid.executor.shutdown(wait=True, cancel_futures=True)
+            self._reid = None
+        self._pool.close()
+
+    async def _on_config(self, subject: str, payload: bytes) -> None:
+        await self._publish(self.handle_config(payload))
+
+    async def _on_detections(self, subject: str, payload: bytes) -> None:
+        await self._publish(self.handle_detections(payload))
+
+    async def _publish(self, out: Outgoing) -> None:
+        if self.bus is not None:
+            for subject, data in out:
+                await self.bus.publish(subject, data)
+
+    # -- message handling (synchronous core) -------------------------------------------------------------
+    def handle_config(self, payload: bytes) -> Outgoing:
+        config = scenario_pb2.ScenarioConfig()
+        try:
+            config.ParseFromString(payload)
+        except DecodeError:
+            metrics.BAD_MESSAGES.labels("config").inc()
+            return []
+        channel = config.channel_id
+        if not channel or (self._channels and channel not in self._channels):
+            return []
+        if config.revision <= self._revisions.get(config.scenario_id, -1):
+            return []  # an older (or repeated) revision: the one we hold is newer
+        self._revisions[config.scenario_id] = config.revision
+        pipe = self.pipelines.get(channel)
+        if not config.active:
+            if pipe is None:
+                return []
+            del self.pipelines[channel]
+            _log.info("scenario stopped", scenario=config.scenario_id, channel=channel)
+            return self._counts_out(channel, pipe.close())
+        if pipe is None or pipe.scenario_id != config.scenario_id:
+            out = self._counts_out(channel, pipe.close()) if pipe is not None else []
+            pipe = self.pipelines[channel] = self._new_pipeline(config.scenario_id, channel)
+        else:
+            out = []
+        out += self._counts_out(channel, pipe.apply(config))
+        _log.info(
+            "scenario config applied",
+            scenario=config.scenario_id,
+            channel=channel,
+            revision=config.revision,
+            rules=len(config.analytics.rules),
+            reid=config.pipeline.reid.enabled,
+        )
+        return out
+
+    def handle_detections(self, payload: bytes) -> Outgoing:
+        fd = detection_pb2.FrameDetections()
+        try:
+            fd.ParseFromString(payload)
+        except DecodeError:
+            metrics.BAD_MESSAGES.labels("detections").inc()
+            return []
+        channel = fd.frame.channel_id
+        if not channel or (self._channels and channel not in self._channels):
+            return []
+        pipe = self.pipelines.get(channel)
+        if pipe is None:
+            pipe = self.pipelines[channel] = self._new_pipeline(fd.frame.scenario_id, channel)
+        if not pipe.enabled:
+            return []
+        frame: FrameImage | None = None
+        if pipe.reid is not None and fd.HasField("frame_ref"):
+            frame = RingFrame(self._pool, fd.frame_ref)
+        result = pipe.process(fd, frame)
+        self._observe(channel, pipe, result)
+        return self._frame_out(channel, result)
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _new_pipeline(self, scenario_id: str, channel: str) -> ChannelPipeline:
+        _log.info("channel started", scenario=scenario_id, channel=channel)
+        return ChannelPipeline(scenario_id, channel, self._base, self._reid_resources())
+
+    def _reid_resources(self) -> ReidResources:
+        return ReidResources(
+            config=self.settings.reid.config(), runtime=self._reid_runtime, gallery_for=self._gallery
+        )
+
+    def _reid_runtime(self) -> tuple[Embedder, cf.Executor]:
+        state = self._reid_state()
+        return state.embedder, state.executor
+
+    def _reid_state(self) -> _Reid:
+        """Embedder and worker, created the first time a scenario enables ReID (loading the model costs
+        time and memory a tracker without ReID should not pay)."""
+        if self._reid is None:
+            s = self.settings.reid
+            embedder = self._embedder or make_embedder(s.embedder, s.model_path, threads=s.threads)
+            _log.info("ReID embedder ready", embedder=embedder.name)
+            self._reid = _Reid(embedder, cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vap-reid"))
+        return self._reid
+
+    def _gallery(self, site: str) -> SiteGallery:
+        state = self._reid_state()
+        gallery = state.galleries.get(site)
+        if gallery is None:
+            s = self.settings.reid
+            threshold = (
+                s.match_threshold if s.match_threshold is not None else state.embedder.default_threshold
+            )
+            gallery = state.galleries[site] = SiteGallery(site, threshold=threshold, ttl_s=s.gallery_ttl_s)
+        return gallery
+
+    def _observe(self, channel: str, pipe: ChannelPipeline, result: PipelineOutput) -> None:
+        metrics.FRAMES.labels(channel).inc()
+        metrics.TRACK_SECONDS.observe(result.tracked.tracking_us / 1e6)
+        live = sum(1 for t in result.tracked.tracks if t.state != tracking_pb2.TRACK_STATE_REMOVED)
+        metrics.LIVE_TRACKS.labels(channel).set(live)
+        if pipe.reid is not None:
+            delta = pipe.reid.take_stats()
+            metrics.REID_CROPS.labels("embedded").inc(delta.crops_embedded)
+            metrics.REID_CROPS.labels("stale").inc(delta.crops_stale)
+            metrics.REID_CROPS.labels("skipped_busy").inc(delta.batches_skipped_busy)
+            metrics.REATTACHED.labels(channel).inc(delta.reattached)
+        for event in result.events:
+            metrics.EVENTS.labels(channel, event.WhichOneof("kind") or "").inc()
+
+    def _frame_out(self, channel: str, result: PipelineOutput) -> Outgoing:
+        out: Outgoing = [(subjects.tracks(channel), result.tracked.SerializeToString())]
+        events_subject = subjects.events(channel)
+        out += [(events_subject, e.SerializeToString()) for e in result.events]
+        out += self._counts_out(channel, result.counts)
+        return out
+
+    @staticmethod
+    def _counts_out(channel: str, counts: list[analytics_pb2.IntervalCounts]) -> Outgoing:
+        subject = subjects.counts(channel)
+        return [(subject, c.SerializeToString()) for c in counts]
