@@ -10,14 +10,19 @@ Prometheus metrics over HTTP, and a clean shutdown on SIGTERM/SIGINT.
 
 The bound ports are in ``runtime.health_port`` / ``runtime.metrics_port`` (settings may ask for 0 = any free
 port, which tests use) and are logged at start.
+
+A service with a public API (the control service) passes ``interceptors`` and ``options`` for the server and
+``ports``: more listening addresses, each insecure (credentials None) or TLS; their bound port numbers are
+in ``runtime.bound_ports`` in the same order. gRPC can only add ports before the server starts, hence here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,10 +35,23 @@ _log = get_logger("vap.runtime")
 
 
 class ServiceRuntime:
-    def __init__(self, service: str, settings: ServiceSettings, *, metrics: bool = True) -> None:
+    def __init__(
+        self,
+        service: str,
+        settings: ServiceSettings,
+        *,
+        metrics: bool = True,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        options: Sequence[tuple[str, Any]] = (),
+        ports: Sequence[tuple[str, grpc.ServerCredentials | None]] = (),
+    ) -> None:
         self.service = service
         self.settings = settings
         self._metrics_enabled = metrics
+        self._interceptors = list(interceptors)
+        self._options = list(options)
+        self._ports = list(ports)
+        self.bound_ports: list[int] = []
         self._stop = asyncio.Event()
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -46,16 +64,26 @@ class ServiceRuntime:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        self._server = grpc.aio.server()
+        self._server = grpc.aio.server(interceptors=self._interceptors, options=self._options)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self.health_port = self._server.add_insecure_port(f"127.0.0.1:{self.settings.health_port}")
+        for address, credentials in self._ports:
+            if credentials is None:
+                self.bound_ports.append(self._server.add_insecure_port(address))
+            else:
+                self.bound_ports.append(self._server.add_secure_port(address, credentials))
         await self._server.start()
         await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._metrics_enabled:
             server, _thread = start_http_server(self.settings.metrics_port, addr="127.0.0.1")
             self._metrics_server = server
             self.metrics_port = int(server.server_port)
-        _log.info("service started", health_port=self.health_port, metrics_port=self.metrics_port)
+        _log.info(
+            "service started",
+            health_port=self.health_port,
+            metrics_port=self.metrics_port,
+            ports=self.bound_ports,
+        )
         return self
 
     def add_grpc_service(self) -> grpc.aio.Server:

@@ -1,0 +1,69 @@
+"""The decoder agent process: settings, logging, health/metrics endpoints, NATS, the agent, shutdown.
+
+    python -m vap_decoder agent [--config vap.yaml]
+
+Without NATS_URL an embedded NATS server is started in ``data_dir`` (DESIGN.md "Embedded default").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+import nats
+
+from vap_common.embedded import EmbeddedServers
+from vap_common.logs import get_logger
+from vap_common.redact import redact_url
+from vap_common.runtime import ServiceRuntime
+from vap_decoder.agent import DecoderAgent
+from vap_decoder.settings import DecoderSettings
+from vap_shmring import cleanup_stale_rings
+
+_log = get_logger("vap.decoder.service")
+
+
+async def run_agent(settings: DecoderSettings) -> None:
+    async with ServiceRuntime("decoder-agent", settings) as runtime:
+        with EmbeddedServers() as servers:
+            nats_url = settings.nats_url
+            if not nats_url:
+                endpoints = servers.start(settings.data_dir / "embedded", need_postgres=False, durable=False)
+                nats_url = endpoints.nats_url
+                assert nats_url is not None
+                settings = settings.model_copy(update={"nats_url": nats_url})
+            # Rings of decoders that died with a previous agent (their writers are gone).
+            removed = cleanup_stale_rings()
+            if removed:
+                _log.info("removed stale rings", rings=removed)
+            nc = await nats.connect(
+                nats_url,
+                name=f"decoder-agent-{settings.agent_id}",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+            )
+            agent = DecoderAgent(settings, nc)
+            try:
+                await agent.start()
+                await runtime.set_serving(True)
+                _log.info(
+                    "decoder agent running",
+                    agent_id=settings.agent_id,
+                    nats=redact_url(nats_url),
+                    metrics_port=runtime.metrics_port,
+                )
+                await runtime.stopped()
+                await runtime.set_serving(False)
+            finally:
+                await agent.close()
+                await nc.drain()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vap_decoder agent", description="VAP decoder agent")
+    parser.add_argument("--config", type=Path, help="YAML settings file (section 'decoder')")
+    args = parser.parse_args(argv)
+    settings = DecoderSettings.load(args.config)
+    asyncio.run(run_agent(settings))
+    return 0

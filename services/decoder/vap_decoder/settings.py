@@ -1,0 +1,61 @@
+"""Settings of the decoder agent and of the decoder processes it starts (one typed object for both).
+
+YAML section ``decoder``, environment prefix ``VAP_DECODER_`` (e.g. ``VAP_DECODER_MAX_WORKERS=8``). The
+per-source defaults below apply when a SourceSpec leaves the field unset; a decoder process receives the
+agent's settings through its environment (see ``process.child_environment``), never on its command line.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import ClassVar, Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from vap_common.settings import ServiceSettings
+
+ThreadType = Literal["AUTO", "FRAME", "SLICE", "NONE"]
+
+
+def _default_agent_id() -> str:
+    # One agent per host by default: the host name is stable across restarts, as AgentStatus wants.
+    return socket.gethostname() or "decoder-agent"
+
+
+class DecoderSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="VAP_DECODER_", env_nested_delimiter="__", extra="forbid")
+    yaml_section: ClassVar[str] = "decoder"
+
+    # --- agent ------------------------------------------------------------------------------------------
+    agent_id: str = Field(default_factory=_default_agent_id, min_length=1)
+    # MAX_WORKERS: the most decoder processes the agent runs at once; a start beyond it is refused.
+    max_workers: int = Field(default=16, ge=1)
+    # AgentStatus heartbeat period.
+    status_interval_s: float = Field(default=2.0, gt=0)
+    # A crashed decoder process is restarted after restart_backoff_initial_s, doubling up to the max; the
+    # backoff resets once a process has run for restart_reset_after_s.
+    restart_backoff_initial_s: float = Field(default=0.5, gt=0)
+    restart_backoff_max_s: float = Field(default=30.0, gt=0)
+    restart_reset_after_s: float = Field(default=30.0, gt=0)
+    # Time between SIGTERM and SIGKILL when a channel is stopped (StopChannel.grace_period overrides it).
+    stop_grace_s: float = Field(default=5.0, gt=0)
+    # Commands already answered, kept to answer repeats (same command_id) with the first reply.
+    reply_cache_size: int = Field(default=1024, ge=1)
+
+    # --- decoder processes: defaults for unset SourceSpec fields ----------------------------------------
+    ring_slots: int = Field(default=8, ge=2)
+    open_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=5.0, gt=0)
+    stall_timeout_s: float = Field(default=10.0, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    # First reconnect delay before jitter; the first retry always happens within 1 s.
+    backoff_initial_s: float = Field(default=0.5, gt=0, le=1.0)
+    # ChannelHealth is published at every state change and at least this often.
+    health_interval_s: float = Field(default=1.0, gt=0)
+    # FFmpeg decoder threading. Files read as fast as possible use frame threading (throughput); live sources
+    # use slice threading, which adds no frames of latency (frame threading holds back threads-1 frames).
+    file_thread_type: ThreadType = "AUTO"
+    live_thread_type: ThreadType = "SLICE"
+    # 0 = FFmpeg picks (cores + 1 for frame threading).
+    decode_threads: int = Field(default=0, ge=0)
