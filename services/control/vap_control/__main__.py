@@ -1,0 +1,74 @@
+"""``python -m vap_control [--config FILE]``: the control service process.
+
+Serves ControlService, grpc.health.v1 and server reflection on ``listen`` (TLS when configured), health also
+on the runtime's local health port, Prometheus metrics on ``metrics_port``; stops cleanly on SIGTERM/SIGINT.
+Without NATS_URL / DATABASE_URL it starts embedded servers in ``<data_dir>/embedded``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vap_common import aio
+from vap_common.embedded import EmbeddedServers
+from vap_common.logs import get_logger
+from vap_common.runtime import ServiceRuntime
+from vap_common.settings import SettingsError
+from vap_control.service import CONTROL_SERVICE, ControlService, grpc_server_setup
+from vap_control.settings import ControlSettings
+
+_log = get_logger("vap.control")
+
+
+async def run(settings: ControlSettings) -> None:
+    interceptors, options, ports = grpc_server_setup(settings)
+    async with ServiceRuntime(
+        "control", settings, interceptors=interceptors, options=options, ports=ports
+    ) as runtime:
+        servers: EmbeddedServers | None = None
+        nats_url, database_url = settings.nats_url, settings.database_url
+        if nats_url is None or database_url is None:
+            # Embedded default (DESIGN.md): start what the environment does not name.
+            servers = EmbeddedServers()
+            endpoints = servers.start(
+                settings.data_dir / "embedded", need_nats=nats_url is None, need_postgres=database_url is None
+            )
+            nats_url = nats_url or endpoints.nats_url
+            database_url = database_url or endpoints.database_url
+        assert nats_url is not None and database_url is not None
+        service = ControlService(settings, nats_url=nats_url, database_url=database_url)
+        try:
+            await service.start(runtime.add_grpc_service())
+            _log.info(
+                "control API listening",
+                address=settings.listen,
+                port=runtime.bound_ports[0],
+                tls=settings.tls_cert_file is not None,
+            )
+            await runtime.set_serving(True)
+            await runtime.set_serving(True, CONTROL_SERVICE)
+            await runtime.stopped()
+            await runtime.set_serving(False)
+            await runtime.set_serving(False, CONTROL_SERVICE)
+        finally:
+            await service.stop()
+            if servers is not None:
+                servers.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vap_control", description="VAP control service")
+    parser.add_argument("--config", help="YAML settings file (section 'control'); default $VAP_CONFIG")
+    args = parser.parse_args(argv)
+    try:
+        settings = ControlSettings.load(args.config)
+    except SettingsError as exc:
+        print(f"vap_control: {exc}", file=sys.stderr)
+        return 2
+    aio.run(run(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

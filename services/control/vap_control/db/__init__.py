@@ -1,0 +1,1 @@
+"""PostgreSQL access of the control service: connection pool and versioned schema migrations."""

@@ -1,0 +1,1 @@
+"""SQL of the control service, one module per aggregate; functions take an open connection or transaction."""
