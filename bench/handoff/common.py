@@ -138,18 +138,43 @@ class AckWaiter:
         self._loop.remove_reader(self._conn.fileno())
 
 
-async def drive_writer(writer: WriterSide, source: Frame, acks: AckWaiter, phases: Phases) -> tuple[int, int]:
-    """Run warm-up, latency and throughput phases; return (first, end) sequence of the throughput phase."""
-    sequence = 0
-    deadline = float("inf")
-    while sequence < phases.warmup_frames + phases.latency_frames and time.monotonic() < deadline:
+@dataclass(frozen=True)
+class PhaseMarks:
+    """Where each phase starts in the reader's arrival-ordered records: latency frames are
+    [warmup, hot), back-to-back frames [hot, throughput), throughput frames [throughput, end)."""
+
+    warmup: int
+    hot: int
+    throughput: int
+    end: int
+
+
+async def _one_at_a_time(
+    writer: WriterSide, source: Frame, acks: AckWaiter, start: int, frames: int, seconds: float, gap_s: float
+) -> int:
+    sequence, deadline = start, time.monotonic() + seconds
+    while sequence - start < frames and time.monotonic() < deadline:
         await writer.send(source, sequence)
         sequence += 1
         await acks.wait_until(sequence)
-        if sequence == phases.warmup_frames:
-            deadline = time.monotonic() + phases.latency_seconds
-        await asyncio.sleep(phases.latency_gap_s)
-    first = sequence
+        if gap_s:
+            await asyncio.sleep(gap_s)
+    return sequence
+
+
+async def drive_writer(writer: WriterSide, source: Frame, acks: AckWaiter, phases: Phases) -> PhaseMarks:
+    """Warm-up, then latency with an idle gap (a live camera's pace leaves the path cold), then latency
+    back to back (the path stays hot), then throughput with a window of frames in flight."""
+    warm = await _one_at_a_time(
+        writer, source, acks, 0, phases.warmup_frames, float("inf"), phases.latency_gap_s
+    )
+    hot = await _one_at_a_time(
+        writer, source, acks, warm, phases.latency_frames, phases.latency_seconds, phases.latency_gap_s
+    )
+    first = await _one_at_a_time(
+        writer, source, acks, hot, phases.latency_frames, phases.latency_seconds / 2, 0.0
+    )
+    sequence = first
     deadline = time.monotonic() + phases.throughput_seconds
     while sequence - first < phases.throughput_frames and time.monotonic() < deadline:
         await acks.wait_until(sequence - phases.window + 1)
@@ -157,7 +182,7 @@ async def drive_writer(writer: WriterSide, source: Frame, acks: AckWaiter, phase
         sequence += 1
     await acks.wait_until(sequence)
     await writer.send_stop()
-    return first, sequence
+    return PhaseMarks(warm, hot, first, sequence)
 
 
 async def drive_reader(reader: ReaderSide, ack: Connection) -> ReaderResult:

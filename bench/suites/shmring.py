@@ -24,6 +24,7 @@ from bench.handoff.common import (
     QUICK,
     RESOLUTIONS,
     AckWaiter,
+    PhaseMarks,
     Phases,
     ReaderResult,
     Resolution,
@@ -76,7 +77,7 @@ def _side_channel(ctx: Any, kind: str, phases: Phases) -> tuple[Any, Any]:
     return None, None
 
 
-def _measure(transport: Transport, spec: TransportSpec, phases: Phases) -> tuple[ReaderResult, int, int]:
+def _measure(transport: Transport, spec: TransportSpec, phases: Phases) -> tuple[ReaderResult, PhaseMarks]:
     ctx = mp.get_context("spawn")
     ack_recv, ack_send = ctx.Pipe(duplex=False)
     out_recv, out_send = ctx.Pipe(duplex=False)
@@ -84,7 +85,7 @@ def _measure(transport: Transport, spec: TransportSpec, phases: Phases) -> tuple
     writer_side, reader_side = _side_channel(ctx, transport.side_channel, phases)
     source = np.random.default_rng(7).integers(0, 256, spec.resolution.shape, dtype=np.uint8)
 
-    async def run_writer() -> tuple[int, int]:
+    async def run_writer() -> PhaseMarks:
         # The writer opens first: a ring must exist before its reader can attach by name.
         writer = transport.make_writer(spec, writer_side)
         await writer.open()
@@ -109,31 +110,39 @@ def _measure(transport: Transport, spec: TransportSpec, phases: Phases) -> tuple
             if reader.is_alive():
                 reader.kill()
 
-    first, end = aio.run(run_writer())
+    marks = aio.run(run_writer())
     if not out_recv.poll(_READY_TIMEOUT_S):
         raise RuntimeError(f"{transport.name} reader sent no result")
     result: ReaderResult = out_recv.recv()
-    return result, first, end
+    return result, marks
 
 
-def _row(
-    transport: Transport, resolution: Resolution, phases: Phases, measured: tuple[ReaderResult, int, int]
-) -> Row:
-    result, first, end = measured
-    warm = phases.warmup_frames
+def _percentiles(result: ReaderResult, start: int, stop: int) -> tuple[float | None, float | None, int]:
     latencies = [
-        lat for lat, ok in zip(result.latencies_ns[warm:first], result.valid[warm:first], strict=True) if ok
+        lat for lat, ok in zip(result.latencies_ns[start:stop], result.valid[start:stop], strict=True) if ok
     ]
-    held = result.held_at_ns[first:end]
-    fps = (len(held) - 1) / ((held[-1] - held[0]) / 1e9) if len(held) > 1 and held[-1] > held[0] else 0.0
+    if not latencies:
+        return None, None, 0
     lat_ms = np.asarray(latencies, dtype=np.float64) / 1e6
+    p50, p99 = np.percentile(lat_ms, [50, 99])
+    return round(float(p50), 4), round(float(p99), 4), len(latencies)
+
+
+def _row(transport: Transport, resolution: Resolution, measured: tuple[ReaderResult, PhaseMarks]) -> Row:
+    result, marks = measured
+    p50, p99, samples = _percentiles(result, marks.warmup, marks.hot)
+    p50_hot, p99_hot, _ = _percentiles(result, marks.hot, marks.throughput)
+    held = result.held_at_ns[marks.throughput : marks.end]
+    fps = (len(held) - 1) / ((held[-1] - held[0]) / 1e9) if len(held) > 1 and held[-1] > held[0] else 0.0
     return {
         "transport": transport.name,
         "resolution": resolution.name,
-        "p50_ms": round(float(np.percentile(lat_ms, 50)), 4) if len(lat_ms) else None,
-        "p99_ms": round(float(np.percentile(lat_ms, 99)), 4) if len(lat_ms) else None,
+        "p50_ms": p50,
+        "p99_ms": p99,
         "fps": round(fps, 1),
-        "samples": len(latencies),
+        "p50_hot_ms": p50_hot,
+        "p99_hot_ms": p99_hot,
+        "samples": samples,
         "stale": result.valid.count(False),
     }
 
@@ -175,7 +184,7 @@ def run(quick: bool) -> list[Row]:
                     # Unique per run: a killed earlier run may have left its iceoryx2 service behind.
                     service_name=f"vap-bench/{os.getpid()}/{resolution.name}",
                 )
-                row = _row(transport, resolution, phases, _measure(transport, spec, phases))
+                row = _row(transport, resolution, _measure(transport, spec, phases))
                 print(f"  {row['transport']:<14} {row['resolution']:<6} p50 {row['p50_ms']} ms", flush=True)
                 rows.append(row)
     return rows
@@ -190,7 +199,17 @@ register(
         name="shmring",
         description="one-way frame handoff (writer has frame -> reader holds numpy view), p50/p99 and fps",
         run=run,
-        columns=("transport", "resolution", "p50_ms", "p99_ms", "fps", "samples", "stale"),
+        columns=(
+            "transport",
+            "resolution",
+            "p50_ms",
+            "p99_ms",
+            "fps",
+            "p50_hot_ms",
+            "p99_hot_ms",
+            "samples",
+            "stale",
+        ),
         summarize=summarize,
     )
 )

@@ -1,0 +1,61 @@
+"""``python -m vap_inference [--config FILE]``: the inference service process.
+
+Loads the default model (verified and batch-probed), subscribes to every channel's FrameRefs and to the
+scenario configs, serves InferenceService (Detect, ListModels) and grpc.health.v1 on the runtime's gRPC
+port, exports Prometheus metrics, and stops cleanly on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from vap_common.embedded import EmbeddedServers
+from vap_common.runtime import ServiceRuntime
+from vap_inference.grpc_api import InferenceApi, add_to_server
+from vap_inference.manager import ModelManager
+from vap_inference.service import InferenceService
+from vap_inference.settings import InferenceSettings
+
+
+async def run(settings: InferenceSettings) -> None:
+    import cv2
+
+    cv2.setNumThreads(settings.opencv_threads)
+    async with ServiceRuntime("inference", settings) as runtime:
+        manager = ModelManager(settings)
+        api = InferenceApi(settings, manager)
+        add_to_server(runtime.add_grpc_service(), api)
+        service = InferenceService(settings, manager)
+        servers = None
+        nats_url = settings.nats_url
+        if nats_url is None:
+            # Embedded default (DESIGN.md): no NATS_URL -> start our own nats-server in the data dir.
+            servers = EmbeddedServers()
+            nats_url = servers.start(settings.data_dir / "embedded", need_postgres=False).nats_url
+            assert nats_url is not None
+        try:
+            await service.start(nats_url)
+            await runtime.set_serving(True)
+            await runtime.stopped()
+            await runtime.set_serving(False)
+        finally:
+            await service.stop()
+            api.close()
+            manager.close()
+            if servers is not None:
+                servers.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vap_inference", description="VAP inference service")
+    parser.add_argument("--config", help="YAML settings file (section 'inference'); default $VAP_CONFIG")
+    args = parser.parse_args(argv)
+    settings = InferenceSettings.load(args.config)
+    asyncio.run(run(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""ONNX Runtime backend: the CPU execution provider (the 2-core target), CUDA when onnxruntime-gpu is there.
+
+Threads: ``intra_op_num_threads`` is the knob that matters for these small convolutional models (one
+operator at a time, parallel inside it); inter-op parallelism only adds scheduling cost, so it stays 1
+and the graph runs sequentially.
+
+Spinning: by default ONNX Runtime's pool threads busy-wait between operators. That wins a little on an
+idle machine, but on the 2-core target the decoders, the tracker and this service share the cores, and
+spinning threads then take CPU from the very work they wait for: NanoDet measured 150-185 ms per frame
+spinning against 65-85 ms not spinning with other processes busy (load 4-5). Off unless ``spin=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from vap_inference.backends.base import BackendError, Dim, TensorInfo
+from vap_proto.v1 import detection_pb2, inference_pb2
+
+# ONNX element type strings as onnxruntime reports them.
+_DTYPES: dict[str, type[np.generic]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _info(arg: object) -> TensorInfo:
+    name = str(getattr(arg, "name", ""))
+    type_name = str(getattr(arg, "type", ""))
+    raw_shape = getattr(arg, "shape", None) or []
+    shape: tuple[Dim, ...] = tuple(d if isinstance(d, int | str) else None for d in raw_shape)
+    if type_name not in _DTYPES:
+        raise BackendError(f"tensor {name!r} has unsupported element type {type_name}")
+    return TensorInfo(name, shape, np.dtype(_DTYPES[type_name]))
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+class OrtBackend:
+    def __init__(
+        self, path: Path, *, threads: int = 2, use_cuda: bool = False, batch_cap: int = 8, spin: bool = False
+    ) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(0, threads)  # 0 = onnxruntime's default (all cores)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: TF-converted graphs warn about unused initialisers
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        providers = ["CPUExecutionProvider"]
+        if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise BackendError(f"{path.name}: onnxruntime cannot load it: {exc}") from exc
+        self.path = path
+        self.threads = threads
+        self.providers = list(self._session.get_providers())
+        cuda = self.providers[0] == "CUDAExecutionProvider"
+        self.backend_kind = (
+            detection_pb2.INFERENCE_BACKEND_ONNXRUNTIME_CUDA
+            if cuda
+            else detection_pb2.INFERENCE_BACKEND_ONNXRUNTIME_CPU
+        )
+        self.precision = inference_pb2.MODEL_PRECISION_FP32
+        self.inputs = [_info(i) for i in self._session.get_inputs()]
+        self.outputs = [_info(o) for o in self._session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
+        self._batch_cap = max(1, batch_cap)
+
+    @property
+    def max_batch(self) -> int:
+        fixed = self.inputs[0].fixed(0) if self.inputs and self.inputs[0].shape else None
+        return fixed if fixed is not None else self._batch_cap
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The file's custom metadata (Ultralytics writes ``names``, ``imgsz``, ``task``)."""
+        return dict(self._session.get_modelmeta().custom_metadata_map)
+
+    def run(self, feed: dict[str, npt.NDArray[np.generic]]) -> list[npt.NDArray[np.generic]]:
+        try:
+            outputs = self._session.run(self._output_names, feed)
+        except Exception as exc:
+            raise BackendError(f"{self.path.name}: inference failed: {exc}") from exc
+        return [np.asarray(o) for o in outputs]
+
+    def close(self) -> None:
+        # The session frees its memory when collected; dropping our reference is all there is to do.
+        del self._session

@@ -1,0 +1,73 @@
+"""InferenceSettings: defaults, then the ``inference:`` section of the YAML file, then VAP_INFERENCE_* env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import SettingsConfigDict
+
+from vap_common.paths import models_dir
+from vap_common.settings import ServiceSettings
+from vap_inference.models.registry import DEFAULT_MODEL
+
+
+class UserModel(BaseModel):
+    """A user-supplied Ultralytics YOLOv8/YOLO11 detection ONNX export."""
+
+    name: str = Field(min_length=1)
+    # Absolute, or relative to the models directory.
+    path: Path
+    # Labels; empty = from the file's Ultralytics metadata (or COCO-80 when it has 80 classes).
+    class_names: list[str] = Field(default_factory=list)
+    confidence_threshold: float = Field(default=0.25, ge=0.0, le=1.0)
+    nms_iou_threshold: float = Field(default=0.45, ge=0.0, le=1.0)
+
+
+class InferenceSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="VAP_INFERENCE_", env_nested_delimiter="__", extra="forbid")
+    yaml_section: ClassVar[str] = "inference"
+
+    # Model used when a scenario or request names none; loaded at start.
+    default_model: str = DEFAULT_MODEL
+    # More models to load at start (others load on first use).
+    preload: list[str] = Field(default_factory=list)
+    user_models: list[UserModel] = Field(default_factory=list)
+    # None = $VAP_MODELS_DIR, else .vap/models (where `python -m vap_inference.models fetch` caches).
+    models_dir: Path | None = None
+
+    # auto: TensorRT when tensorrt + pycuda import and a CUDA device exists, else ONNX Runtime (with its
+    # CUDA provider when onnxruntime-gpu is installed).
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    # ONNX Runtime intra-op threads per model (0 = all cores).
+    threads: int = Field(default=2, ge=0, le=256)
+    # Let ONNX Runtime's threads busy-wait between operators: lower latency on an otherwise idle machine,
+    # much slower when other processes share the cores (see backends/onnxruntime.py). Off by default.
+    spin: bool = False
+    # OpenCV threads for preprocessing in this process: the images are small (network size), so a thread
+    # pool only adds hand-offs and contention with ONNX Runtime's threads.
+    opencv_threads: int = Field(default=1, ge=0, le=256)
+    # TensorRT: allow FP16 kernels where the GPU has fast FP16; engine cache (None = <data_dir>/trt-engines).
+    fp16: bool = True
+    engine_cache_dir: Path | None = None
+
+    # Batching across channels.
+    max_batch: int = Field(default=8, ge=1, le=64)
+    max_wait_ms: float = Field(default=4.0, ge=0.0, le=1000.0)
+    # Frames older than this (capture time, else arrival) when their batch starts are dropped.
+    stale_after_ms: float = Field(default=500.0, gt=0.0)
+    # NATS queue group for the FrameRef subscription ("" = none: every inference service on the host sees
+    # every frame).
+    queue_group: str = ""
+    max_detections: int = Field(default=300, ge=1)
+
+    # gRPC Detect limits.
+    max_image_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir if self.models_dir is not None else models_dir()
+
+    def resolved_engine_cache(self) -> Path:
+        return self.engine_cache_dir if self.engine_cache_dir is not None else self.data_dir / "trt-engines"
