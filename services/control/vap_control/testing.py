@@ -30,6 +30,7 @@ import grpc
 import psycopg
 from psycopg import sql
 
+from vap_common.process import terminate
 from vap_common.runtime import ServiceRuntime
 from vap_control.service import ControlService, grpc_server_setup
 from vap_control.settings import ControlSettings
@@ -259,15 +260,8 @@ class ControlProcess:
         return int(found["metrics_port"])
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        status = terminate(self.proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
-        return proc.returncode if proc is not None else None
+        return status

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from vap_common import subjects
+from vap_common.process import terminate
 from vap_proto.v1.agent_pb2 import (
     AgentCommand,
     AgentReply,
@@ -143,18 +143,11 @@ class AgentProcess:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM (the agent stops its decoders), SIGKILL after ``timeout``; returns the exit status."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        status = terminate(self.proc, timeout)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-        return proc.returncode if proc is not None else None
+        return status
 
 
 class ChannelProcess:

@@ -1,0 +1,104 @@
+"""Helpers for tests that run the real stack: ``vap up`` in a child process, and its API client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+import yaml
+
+from vap_proto.v1 import control_pb2_grpc
+
+
+class StackProcess:
+    """``python -m vap_stack.cli up --config FILE`` with its output in a file; ``start`` waits until the
+    scenarios of every camera exist (``stack.json`` written)."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / "site.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.data_dir = Path(config.get("data_dir", workdir / "stack"))
+        self.output = workdir / "vap-up.log"
+        self.env = {k: v for k, v in os.environ.items() if k != "VAP_CONFIG"} | (env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._out: IO[bytes] | None = None
+
+    def start(self, timeout: float = 150.0) -> dict[str, Any]:
+        self._out = self.output.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vap_stack.cli",
+                "up",
+                "--config",
+                str(self.config_path),
+                "--display",
+                "lines",
+            ],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=self._out,
+            cwd=self.workdir,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vap up exited with {self.proc.returncode}:\n{self.text()[-4000:]}")
+            state = self.state()
+            if state:
+                return state
+            time.sleep(0.2)
+        raise RuntimeError(f"vap up not ready within {timeout} s:\n{self.text()[-4000:]}")
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace") if self.output.exists() else ""
+
+    def state(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.data_dir / "stack.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def token(self) -> str:
+        return Path(self.state()["token_file"]).read_text().strip()
+
+    def channel(self) -> tuple[grpc.aio.Channel, control_pb2_grpc.ControlServiceAsyncStub]:
+        channel = grpc.aio.insecure_channel(self.state()["control"])
+        return channel, control_pb2_grpc.ControlServiceStub(channel)
+
+    def interrupt(self, timeout: float = 60.0) -> int:
+        """Ctrl+C; returns the exit status (SIGKILL after ``timeout``, then the status is -9)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        return int(self.proc.returncode)
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """``vap ARGS`` against this stack (its data dir), from the stack's working directory."""
+        return subprocess.run(
+            [sys.executable, "-m", "vap_stack.cli", *args],
+            env=self.env | (env or {}),
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )

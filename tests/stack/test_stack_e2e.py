@@ -1,0 +1,223 @@
+"""The product end to end: `vap up` with two cameras on real RTSP servers, a gRPC client, the `vap` CLI.
+
+One stack (module scope) serves both tests: the CLI's exit codes against the running control API, then the
+end-to-end run: tracked people with stable track ids and line-crossing events stream to a subscriber and are
+queryable afterwards; killing one camera's RTSP server leaves the other streaming and the first recovers when
+its server is back; Ctrl+C stops everything with status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+import pytest_asyncio
+
+from vap_common.paths import sample_video
+from vap_control.testing import authenticated_channel, drop_database, fresh_database, wait_for
+from vap_proto.v1 import control_pb2, control_pb2_grpc
+from vap_proto.v1.health_pb2 import CHANNEL_STATE_STREAMING as STREAMING
+from vap_rtspcam import RtspCamera, unavailable_reason
+from vap_stack.cli import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from vap_stack.testing import StackProcess
+
+pytestmark = pytest.mark.integration
+
+VIDEO = sample_video("vtest-576p25.mp4")
+MODEL = "ssdlite-mbv2-person-300"
+# Three vertical lines: people in the sample walk mostly sideways, so some line is crossed within seconds.
+LINES = [
+    {"id": f"x{int(x * 100)}", "points": [[x, 0.02], [x, 0.98]], "labels": ["right", "left"]}
+    for x in (0.3, 0.5, 0.7)
+]
+
+
+@pytest.fixture(scope="module")
+def stack(
+    nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    registry = pytest.importorskip("vap_inference.models.registry")
+    from vap_inference.testing import missing_model_reason
+
+    if reason := missing_model_reason(registry.SSDLITE):
+        pytest.skip(reason)
+    if reason := unavailable_reason():
+        pytest.skip(reason)
+    if not VIDEO.is_file():
+        pytest.skip(f"test video {VIDEO} not found (set VAP_SAMPLE_DATA_DIR)")
+    # Module scope (one stack for both tests), so not the function-scoped rtsp_camera fixture.
+    cams = {cid: RtspCamera(VIDEO, path=cid, shared=True).start() for cid in ("cam-a", "cam-b")}
+    workdir = tmp_path_factory.mktemp("stack")
+    db = fresh_database(database_url, prefix="vap_stack_test")
+    consumer = f"stack-inbox-{uuid.uuid4().hex[:8]}"
+    config = {
+        "site": "e2e",
+        "data_dir": str(workdir / "data"),
+        "ports": {"control": 0, "inference": 0, "metrics_base": 0},
+        "cameras": [
+            {"id": cid, "url": cam.url, "fps": 5, "model": MODEL, "confidence": 0.4, "lines": LINES}
+            for cid, cam in cams.items()
+        ],
+        "inference": {"threads": 1, "default_model": MODEL},
+        "tracker": {"reid": {"embedder": "hsv"}},
+        "decoder": {"status_interval_s": 0.5, "read_timeout_s": 2.0, "backoff_max_s": 2.0},
+        "control": {
+            "inbox_storage": "memory",
+            "inbox_consumer": consumer,
+            "stats_window_s": 5.0,
+            "reconcile_s": 0.5,
+            "health_persist_s": 1.0,
+        },
+    }
+    proc = StackProcess(config, workdir, env={"NATS_URL": nats_url, "DATABASE_URL": db})
+    try:
+        state = proc.start()
+        yield {"proc": proc, "state": state, "cameras": cams, "workdir": workdir}
+    finally:
+        status = proc.interrupt() if proc.proc is not None else None
+        asyncio.run(_delete_consumer(nats_url, consumer))
+        drop_database(database_url, db)
+        for cam in cams.values():
+            cam.close()
+        assert status in (None, 0), f"vap up exited with {status}:\n{proc.text()[-3000:]}"
+
+
+async def _delete_consumer(nats_url: str, consumer: str) -> None:
+    # Interest retention: a durable consumer left behind would keep other tests' results pending.
+    nc = await nats.connect(nats_url)
+    with contextlib.suppress(Exception):
+        await nc.jetstream().delete_consumer("VAP_RESULTS", consumer)
+    await nc.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def api(stack: dict[str, Any]) -> AsyncIterator[control_pb2_grpc.ControlServiceAsyncStub]:
+    proc: StackProcess = stack["proc"]
+    channel = authenticated_channel(stack["state"]["control"], proc.token())
+    try:
+        yield control_pb2_grpc.ControlServiceStub(channel)
+    finally:
+        await channel.close()
+
+
+def test_cli_exit_codes(stack: dict[str, Any], tmp_path: Path) -> None:
+    proc: StackProcess = stack["proc"]
+    data = ["--data-dir", str(proc.data_dir)]
+    listed = proc.cli("scenario", "list", *data)
+    assert listed.returncode == EXIT_OK, listed.stderr
+    assert listed.stdout.count("ACTIVE") + listed.stdout.count("STARTUP") >= 2
+    sid = stack["state"]["scenarios"]["cam-a"]
+    got = proc.cli("scenario", "get", sid, *data)
+    assert got.returncode == EXIT_OK and sid in got.stdout
+    assert "rtsp://" in got.stdout  # the redacted URL is shown
+    missing = proc.cli("scenario", "get", str(uuid.uuid4()), *data)
+    assert missing.returncode == EXIT_NOT_FOUND and "vap: error:" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad = proc.cli("scenario", "get", "not-a-uuid", *data)
+    assert bad.returncode == EXIT_USAGE, bad.stderr
+    status = proc.cli("status", *data)
+    assert status.returncode == EXIT_OK, status.stdout + status.stderr
+    assert "control" in status.stdout and "SERVING" in status.stdout
+    wrong_token = proc.cli("scenario", "list", *data, env={"VAP_TOKEN": "wrong"})
+    assert wrong_token.returncode == EXIT_AUTH and "wrong" not in wrong_token.stderr
+    nowhere = proc.cli("scenario", "list", "--target", "127.0.0.1:9", *data)
+    assert nowhere.returncode == EXIT_UNAVAILABLE and "not reachable" in nowhere.stderr
+    no_image = proc.cli("detect", str(tmp_path / "none.jpg"), *data)
+    assert no_image.returncode == EXIT_USAGE and "cannot read image" in no_image.stderr
+
+    import cv2
+
+    from vap_inference.testing import video_frames
+
+    image = tmp_path / "frame.jpg"
+    cv2.imwrite(str(image), video_frames((100,))[100])
+    detected = proc.cli("detect", str(image), "--model", MODEL, *data)
+    assert detected.returncode == EXIT_OK, detected.stderr
+    assert "person" in detected.stdout
+
+
+async def test_two_cameras_end_to_end(
+    stack: dict[str, Any], api: control_pb2_grpc.ControlServiceAsyncStub
+) -> None:
+    scenarios: dict[str, str] = stack["state"]["scenarios"]
+    camera_of = {sid: cid for cid, sid in scenarios.items()}
+    # Arrival time of each tracked frame per camera, and the frames each (camera, track id) was seen in.
+    arrivals: dict[str, list[float]] = collections.defaultdict(list)
+    track_frames: collections.Counter[tuple[str, int]] = collections.Counter()
+    crossings: list[Any] = []
+
+    async def read_detections() -> None:
+        request = control_pb2.StreamDetectionsRequest(scenario_ids=list(camera_of), tracked=True)
+        async for item in api.StreamDetections(request):
+            cam = camera_of[item.frame.frame.scenario_id]
+            arrivals[cam].append(time.monotonic())
+            for d in item.frame.detections:
+                if d.HasField("track_id") and d.class_name == "person":
+                    track_frames[(cam, d.track_id)] += 1
+
+    async def read_events() -> None:
+        async for item in api.StreamEvents(control_pb2.StreamEventsRequest(scenario_ids=list(camera_of))):
+            if item.event.WhichOneof("kind") == "line_crossing":
+                crossings.append(item.event)
+
+    readers = [asyncio.ensure_future(read_detections()), asyncio.ensure_future(read_events())]
+    try:
+        # Live: both cameras' people tracked under stable ids (one id over >= 8 frames), and crossings.
+        async def tracked_and_crossed() -> bool:
+            stable = {cam for (cam, _tid), n in track_frames.items() if n >= 8}
+            return stable == set(scenarios) and bool(crossings)
+
+        await wait_for(
+            tracked_and_crossed, 60.0, "stable tracks on both cameras and a line crossing", interval=0.2
+        )
+        crossing = crossings[0]
+        assert crossing.class_name == "person" and crossing.track_id > 0
+        assert crossing.line_crossing.direction_label in ("right", "left")
+
+        # One camera's RTSP server dies: the other keeps streaming, the first reconnects once it is back.
+        stack["cameras"]["cam-a"].kill()
+        killed = time.monotonic()
+        await asyncio.sleep(4.0)
+        b_after = [t for t in arrivals["cam-b"] if t > killed + 1.0]
+        assert len(b_after) >= 5, f"cam-b stalled while cam-a was down ({len(b_after)} frames)"
+
+        async def a_reconnecting() -> bool:
+            reply = await api.ListChannels(control_pb2.ListChannelsRequest(scenario_ids=[scenarios["cam-a"]]))
+            return any(c.health.reconnect_count > 0 or c.health.state != STREAMING for c in reply.channels)
+
+        await wait_for(a_reconnecting, 15.0, "cam-a's channel noticing the outage", interval=0.3)
+        stack["cameras"]["cam-a"].start()
+        back = time.monotonic()
+
+        async def a_recovered() -> bool:
+            return sum(1 for t in arrivals["cam-a"] if t > back) >= 5
+
+        await wait_for(a_recovered, 30.0, "cam-a streaming again after its server restarted", interval=0.2)
+        assert sum(1 for t in arrivals["cam-b"] if t > back) > 0
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+    # Stored: tracked detections and the crossing events are queryable afterwards.
+    async def stored_tracks() -> bool:
+        page = await api.QueryDetections(control_pb2.QueryDetectionsRequest(scenario_id=scenarios["cam-b"]))
+        return any(d.HasField("track_id") for f in page.frames for d in f.detections)
+
+    await wait_for(stored_tracks, 30.0, "stored detections with track ids")
+
+    async def stored_crossing() -> bool:
+        page = await api.QueryEvents(
+            control_pb2.QueryEventsRequest(scenario_id=crossing.scenario_id, rule_ids=[crossing.rule_id])
+        )
+        return any(e.event_id == crossing.event_id for e in page.events)
+
+    await wait_for(stored_crossing, 30.0, "the streamed crossing stored")
