@@ -66,7 +66,8 @@ class ServiceRuntime:
             loop.add_signal_handler(sig, self.request_stop)
         self._server = grpc.aio.server(interceptors=self._interceptors, options=self._options)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        self.health_port = self._server.add_insecure_port(f"127.0.0.1:{self.settings.health_port}")
+        health_address = f"{self.settings.bind_host}:{self.settings.health_port}"
+        self.health_port = self._server.add_insecure_port(health_address)
         for address, credentials in self._ports:
             if credentials is None:
                 self.bound_ports.append(self._server.add_insecure_port(address))
@@ -75,7 +76,7 @@ class ServiceRuntime:
         await self._server.start()
         await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._metrics_enabled:
-            server, _thread = start_http_server(self.settings.metrics_port, addr="127.0.0.1")
+            server, _thread = start_http_server(self.settings.metrics_port, addr=self.settings.bind_host)
             self._metrics_server = server
             self.metrics_port = int(server.server_port)
         _log.info(

@@ -70,6 +70,9 @@ class ServiceSettings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url")
     )
+    # Address the health/gRPC and metrics endpoints listen on: loopback by default (a laptop), 0.0.0.0 in
+    # containers so Prometheus and other services can reach them.
+    bind_host: str = "127.0.0.1"
     # Prometheus metrics HTTP port (0 = disabled) and gRPC health port (0 = pick a free one).
     metrics_port: int = Field(default=0, ge=0, le=65535)
     health_port: int = Field(default=0, ge=0, le=65535)
