@@ -15,7 +15,14 @@ association.assign_edges: uncontested pairs directly, contested blocks with scip
 4. remaining high-score detections <-> remaining CONFIRMED/LOST tracks by *buffered* IoU, the buffer
    growing with the time since the last match (re-activation after an occlusion, when the constant-
    velocity prediction has drifted off the person);
-5. remaining high-score detections above ``new_track_threshold`` start TENTATIVE tracks.
+5. remaining high-score detections <-> every track left over (TENTATIVE too), by *motion*: the
+   Mahalanobis distance between the detection's (cx, cy, w, h) and the track's Kalman prediction, gated
+   at ``motion_gate_chi2``. The filter's covariance grows with the time since the last match, so the gate
+   widens with the frame interval: at 5 fps a walking person moves about a box width between frames, the
+   IoU with the prediction is often zero (always for a new track, whose velocity is still unknown), and
+   without this stage every such frame would start a new identity. At 25 fps stages 1-4 match almost
+   everything and this stage rarely has work;
+6. remaining high-score detections above ``new_track_threshold`` start TENTATIVE tracks.
 
 Why struct-of-arrays, coordinate-major: a Python object per track costs microseconds per attribute touch
 per frame; with all track fields as rows of two 2-D arrays (floats, ints; one column per track) every
@@ -88,11 +95,19 @@ class TrackerConfig:
     reactivate_buffer_base: float = 0.1
     reactivate_buffer_per_frame: float = 0.03
     reactivate_buffer_max: float = 0.6
+    # Stage 5 (motion): squared Mahalanobis distance (4 degrees of freedom: cx, cy, w, h) between a
+    # detection and a track's prediction under the filter's innovation covariance; 9.49 is the 95 %
+    # quantile of chi-square(4), DeepSORT's gate. 0 disables the stage.
+    motion_gate_chi2: float = 9.4877
     min_hits: int = 2
     # Frames a TENTATIVE track may go unmatched before it is dropped (0 = ByteTrack: the next frame must
     # match). 1 lets a new track survive a single missed detection, common with real detectors.
     tentative_max_misses: int = 1
     lost_timeout_s: float = 1.0
+    # ... but a LOST track always gets at least this many frame intervals (of the current frame rate) to be
+    # found again: at 25 fps 1 s is 25 chances, at 5 fps only 5, too few for a detector that misses a
+    # person for a few frames. 10 frames: 2 s at 5 fps, 4 s at 2.5 fps; no change above 10 fps.
+    lost_min_frames: int = 10
     # Frame rate the noise model is expressed in; frames without timestamps are 1 / ref_fps apart.
     ref_fps: float = 25.0
     # Velocity of a LOST track decays by this factor per frame (1 = constant velocity). For scenes where
@@ -290,7 +305,19 @@ class ChannelTracker:
                 rest = ((state != _TENTATIVE) & (match < 0)).nonzero()[0]
                 high = (is_high & det_free).nonzero()[0]
                 m4 = self._reactivate(rest, high, pred, det_t, det_classes, match, det_free)
-        n_matched = m1 + m2 + m3 + m4
+        # 5. motion-gated association: remaining high detections <-> every remaining track.
+        if n and cfg.motion_gate_chi2 > 0 and n > m1 + m2 + m3 + m4 and n_high > m1 + m3 + m4:
+            rest = (match < 0).nonzero()[0]
+            high = (is_high & det_free).nonzero()[0]
+            m5 = self._motion_match(rest, high, det_t, det_classes, match, det_free)
+        else:
+            m5 = 0
+        # ... and low detections <-> confirmed tracks still unmatched (stage 2 by motion).
+        if n_low and cfg.motion_gate_chi2 > 0 and n_confirmed > m1 + m2 + m5:
+            rest = ((state == _CONFIRMED) & (match < 0)).nonzero()[0]  # matched in the last frame
+            low = (~is_high & det_free).nonzero()[0]
+            m5 += self._motion_match(rest, low, det_t, det_classes, match, det_free)
+        n_matched = m1 + m2 + m3 + m4 + m5
 
         if n_matched:
             matched = (match >= 0).nonzero()[0]
@@ -306,11 +333,12 @@ class ChannelTracker:
             f[_BOX, missed] = pred.take(missed, axis=1)  # an unmatched track is reported where predicted
             state[unmatched & (state == _CONFIRMED)] = _LOST
             state[unmatched & (state == _TENTATIVE) & (i[_SINCE] > cfg.tentative_max_misses)] = _REMOVED
-            expired = (state == _LOST) & ((self._t - f[_LAST_T]) > cfg.lost_timeout_s + 1e-9)
+            timeout = max(cfg.lost_timeout_s, cfg.lost_min_frames * dt / cfg.ref_fps)
+            expired = (state == _LOST) & ((self._t - f[_LAST_T]) > timeout + 1e-9)
             state[expired] = _REMOVED
 
-        # 5. new tracks from high detections nobody took.
-        if n_high > m1 + m3 + m4:
+        # 6. new tracks from high detections nobody took.
+        if n_high > m1 + m3 + m4 + m5:
             new = valid.take((is_high & det_free & (det_scores >= cfg.new_track_threshold)).nonzero()[0])
             if len(new):
                 self._spawn(new, boxes, scores, classes)
@@ -373,6 +401,28 @@ class ChannelTracker:
             bsim[self._i[_CLS].take(rest)[:, None] != det_classes.take(high)[None, :]] = -1.0
         br, bc = (bsim >= cfg.reactivate_iou_threshold).nonzero()
         return self._match_edges(rest.take(br), high.take(bc), bsim[br, bc], match, det_free)
+
+    def _motion_match(
+        self, rest: I64, high: I64, det_t: F64, det_classes: I64, match: I64, det_free: Bool
+    ) -> int:
+        if len(rest) == 0 or len(high) == 0:
+            return 0
+        cfg = self.config
+        f = self._f
+        pos = f[_POS].take(rest, axis=1)  # (4, R) predicted cx, cy, w, h
+        var = self._kf.innovation_variance(pos, f[_PP].take(rest, axis=1))  # (4, R)
+        z = boxes_to_xywh(det_t.take(high, axis=1))  # (4, H)
+        diff = z[:, None, :] - pos[:, :, None]  # (4, R, H)
+        diff *= diff
+        diff /= var[:, :, None]
+        d2 = diff.sum(axis=0)  # (R, H)
+        if cfg.class_aware and self._multi_class:
+            d2[self._i[_CLS].take(rest)[:, None] != det_classes.take(high)[None, :]] = np.inf
+        br, bc = (d2 <= cfg.motion_gate_chi2).nonzero()
+        if len(br) == 0:
+            return 0
+        sim = 1.0 - d2[br, bc] / cfg.motion_gate_chi2
+        return self._match_edges(rest.take(br), high.take(bc), sim, match, det_free)
 
     def _apply_matches(
         self, cols: I64, det: I64, det_t: F64, det_scores: F64, det_classes: I64, det_cols: I64

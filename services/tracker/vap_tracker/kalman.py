@@ -116,6 +116,14 @@ class BatchKalman:
         pp += self._q_pos * scale2
         vv += self._q_vel * scale2
 
+    def innovation_variance(self, pos: F64, pp: F64) -> F64:
+        """Variance (4, N) of a measurement about the predicted ``pos`` (4, N), ``pp`` the position
+        variance: the gating metric's denominator (the covariance is diagonal across coordinates)."""
+        s = self._scale2(pos)
+        s *= self._r
+        s += pp
+        return s
+
     def update(self, kf: F64, z: F64) -> None:
         """Correct with measurements ``z`` (4, K) cx, cy, w, h, in place. ``kf`` is the (20, K) filter block
         of the matched tracks: rows pos, vel, pp, pv, vv (see ``initiate``).
