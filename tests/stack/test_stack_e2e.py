@@ -1,9 +1,11 @@
 """The product end to end: `vap up` with two cameras on real RTSP servers, a gRPC client, the `vap` CLI.
 
-One stack (module scope) serves both tests: the CLI's exit codes against the running control API, then the
+One stack (module scope) serves all tests: the CLI's exit codes against the running control API, then the
 end-to-end run: tracked people with stable track ids and line-crossing events stream to a subscriber and are
 queryable afterwards; killing one camera's RTSP server leaves the other streaming and the first recovers when
-its server is back; Ctrl+C stops everything with status 0.
+its server is back; Ctrl+C stops everything with status 0. Then the CLI drives a third scenario (a camera
+behind RTSP credentials) through create, start, live update, stop and delete, and `vap watch` shows both
+cameras.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
+import re
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +33,15 @@ from vap_control.testing import authenticated_channel, drop_database, fresh_data
 from vap_proto.v1 import control_pb2, control_pb2_grpc
 from vap_proto.v1.health_pb2 import CHANNEL_STATE_STREAMING as STREAMING
 from vap_rtspcam import RtspCamera, unavailable_reason
-from vap_stack.cli import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from vap_rtspcam.fixtures import RtspCameraFactory
+from vap_stack.cli import (
+    EXIT_AUTH,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_STATE,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
 from vap_stack.testing import StackProcess
 
 pytestmark = pytest.mark.integration
@@ -221,3 +236,129 @@ async def test_two_cameras_end_to_end(
         return any(e.event_id == crossing.event_id for e in page.events)
 
     await wait_for(stored_crossing, 30.0, "the streamed crossing stored")
+
+
+def _status_of(proc: StackProcess, sid: str, data: list[str]) -> str:
+    got = proc.cli("scenario", "get", sid, *data)
+    assert got.returncode == EXIT_OK, got.stderr
+    return str(json.loads(got.stdout)["status"]).removeprefix("SCENARIO_STATUS_")
+
+
+def _wait_status(proc: StackProcess, sid: str, data: list[str], want: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        seen = _status_of(proc, sid, data)
+        if seen == want:
+            return
+        assert seen != "FAILED", f"scenario {sid} FAILED while waiting for {want}:\n{proc.text()[-3000:]}"
+        time.sleep(0.3)
+    raise AssertionError(f"scenario {sid} is {seen}, not {want}, after {timeout} s")
+
+
+def test_cli_scenario_lifecycle(stack: dict[str, Any], rtsp_camera: RtspCameraFactory) -> None:
+    """`vap scenario create|get|start|update|stop|delete` on a third camera (behind RTSP credentials)."""
+    proc: StackProcess = stack["proc"]
+    data = ["--data-dir", str(proc.data_dir)]
+    password = f"pw-{uuid.uuid4().hex[:10]}"
+    cam = rtsp_camera(VIDEO, path="cam-cli", user="viewer", password=password)
+    outputs: list[str] = []
+
+    def vap(*args: str) -> subprocess.CompletedProcess[str]:
+        done = proc.cli(*args, *data)
+        outputs.append(done.stdout + done.stderr)
+        return done
+
+    key = f"cli-test-{uuid.uuid4().hex[:8]}"
+    create = ("scenario", "create", "--url", cam.url, "--name", "cli-cam", "--fps", "2", "--model", MODEL)
+    created = vap(*create, "--request-id", key)
+    assert created.returncode == EXIT_OK, created.stderr
+    sid = created.stdout.split()[0]
+    try:
+        assert str(uuid.UUID(sid)) == sid and created.stdout.startswith(f"{sid} created:"), created.stdout
+        # The same client request id: the same scenario, not a second one.
+        again = vap(*create, "--request-id", key)
+        assert again.returncode == EXIT_OK and again.stdout.split()[0] == sid, again.stdout + again.stderr
+        assert "exists" in again.stdout
+        listed = vap("scenario", "list", "--json")
+        assert [s["id"] for s in json.loads(listed.stdout)].count(sid) == 1
+        got = json.loads(vap("scenario", "get", sid).stdout)
+        assert got["name"] == "cli-cam"
+        assert got["source"]["redacted_url"].startswith("rtsp://***@")
+        assert got["status"] == "SCENARIO_STATUS_INACTIVE"
+
+        started = vap("scenario", "start", sid)
+        assert started.returncode == EXIT_OK, started.stderr
+        _wait_status(proc, sid, data, "ACTIVE")  # the decoder logged in with the credentials
+        # Start is idempotent: a second start of a running scenario is a no-op, not an error.
+        assert vap("scenario", "start", sid).returncode == EXIT_OK
+        # Live changes: name and confidence threshold, applied while ACTIVE.
+        updated = vap("scenario", "update", sid, "--name", "cli-cam-2", "--confidence", "0.55")
+        assert updated.returncode == EXIT_OK and "revision" in updated.stdout, updated.stderr
+        got = json.loads(vap("scenario", "get", sid).stdout)
+        assert got["name"] == "cli-cam-2"
+        assert got["pipeline"]["confidence_threshold"] == pytest.approx(0.55)
+        assert got["status"] == "SCENARIO_STATUS_ACTIVE"
+        # Invalid or impossible requests: friendly messages, the documented exit codes, no traceback.
+        bad_threshold = vap("scenario", "update", sid, "--confidence", "1.5")
+        assert bad_threshold.returncode == EXIT_USAGE, bad_threshold.stderr
+        assert "confidence_threshold" in bad_threshold.stderr
+        nothing = vap("scenario", "update", sid)
+        assert nothing.returncode == EXIT_USAGE and "nothing to update" in nothing.stderr
+        while_running = vap("scenario", "delete", sid)
+        assert while_running.returncode == EXIT_STATE, while_running.stderr
+        assert "stop it first" in while_running.stderr
+        for failed in (bad_threshold, nothing, while_running):
+            assert failed.stderr.startswith("vap: error:") and "Traceback" not in failed.stderr
+
+        stopped = vap("scenario", "stop", sid)
+        assert stopped.returncode == EXIT_OK, stopped.stderr
+        _wait_status(proc, sid, data, "INACTIVE")
+        deleted = vap("scenario", "delete", sid)
+        assert deleted.returncode == EXIT_OK and "deleted" in deleted.stdout, deleted.stderr
+        gone = vap("scenario", "get", sid)
+        assert gone.returncode == EXIT_NOT_FOUND and "not found" in gone.stderr
+        sid = ""
+    finally:
+        if sid:
+            proc.cli("scenario", "delete", sid, "--force", *data)
+    for text in outputs:
+        assert password not in text, text
+
+
+def test_cli_watch(stack: dict[str, Any], tmp_path: Path) -> None:
+    """`vap watch --duration` prints a summary of both cameras' tracked people and exits 0; so does Ctrl+C."""
+    proc: StackProcess = stack["proc"]
+    data = ["--data-dir", str(proc.data_dir)]
+    # Ctrl+C: started first, runs alongside the --duration watch.
+    err = tmp_path / "watch.err"
+    with err.open("w") as err_file:
+        interrupted = subprocess.Popen(
+            [sys.executable, "-m", "vap_stack.cli", "watch", "--display", "lines", *data],
+            env=proc.env,
+            cwd=proc.workdir,
+            stdout=subprocess.PIPE,
+            stderr=err_file,
+            text=True,
+        )
+    try:
+        timed = proc.cli("watch", "--display", "lines", "--duration", "4", *data)
+        assert timed.returncode == EXIT_OK, timed.stderr
+        summary = {
+            line.split()[1].rstrip(":"): line
+            for line in timed.stdout.splitlines()
+            if line.startswith("summary ")
+        }
+        assert set(summary) == {"cam-a", "cam-b"}, timed.stdout
+        tracks = {cam: re.search(r" tracks=(\d+) ", line) for cam, line in summary.items()}
+        assert all(m is not None and int(m[1]) > 0 for m in tracks.values()), timed.stdout
+        assert "watching cam-a, cam-b" in err.read_text()  # the watch under test is past its setup
+        interrupted.send_signal(signal.SIGINT)
+        out, _ = interrupted.communicate(timeout=15)
+    finally:
+        if interrupted.poll() is None:
+            interrupted.kill()
+            interrupted.wait()
+    assert interrupted.returncode == EXIT_OK, err.read_text()
+    assert "summary cam-a:" in out and "summary cam-b:" in out, out
+    assert "Traceback" not in err.read_text()

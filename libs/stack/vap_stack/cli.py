@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -218,7 +219,13 @@ def _camera_from_config(args: argparse.Namespace) -> Any:
     raise CliError(f"camera '{args.camera}' is not in {args.config} (cameras: {known})", EXIT_USAGE)
 
 
+def _check_camera_args(args: argparse.Namespace) -> None:
+    if (args.config is None) != (args.camera is None):
+        raise CliError("--config and --camera go together (the camera id in that site file)", EXIT_USAGE)
+
+
 def _spec_from_args(args: argparse.Namespace) -> tuple[scenario_pb2.Scenario, str]:
+    _check_camera_args(args)
     if args.config and args.camera:
         config, cam = _camera_from_config(args)
         url = args.url or cam.url
@@ -242,6 +249,7 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[scenario_pb2.Scenario, st
 def _update_from_args(args: argparse.Namespace) -> tuple[scenario_pb2.Scenario, list[str]]:
     spec = scenario_pb2.Scenario()
     paths: list[str] = []
+    _check_camera_args(args)
     if args.config and args.camera:
         config, cam = _camera_from_config(args)
         spec.CopyFrom(cam.scenario(cam.url or "unused://", site=config.site))
@@ -278,13 +286,31 @@ async def _watch(args: argparse.Namespace) -> int:
         await api.call(api.stub.ListChannels, control_pb2.ListChannelsRequest())
         view = LiveView(api.stub, api.metadata, {name: sid for sid, name in ids.items()})
         mode = args.display or default_mode()
+        # Ctrl+C (or SIGTERM) is how a live view normally ends: stop cleanly, print the summary, exit 0.
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
+        running = asyncio.ensure_future(view.run(mode))
+        stopped = asyncio.ensure_future(stop.wait())
         try:
-            if args.duration:
-                await asyncio.wait_for(view.run(mode), args.duration)
-            else:
-                await view.run(mode)
-        except TimeoutError:
-            view.print_summary()
+            print(
+                f"vap: watching {', '.join(sorted(ids.values()))} (Ctrl+C stops)", file=sys.stderr, flush=True
+            )
+            await asyncio.wait(
+                {running, stopped}, timeout=args.duration or None, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            for task in (running, stopped):
+                task.cancel()
+            await asyncio.gather(running, stopped, return_exceptions=True)
+        failure = None if running.cancelled() else running.exception()
+        if failure is not None:  # the view itself broke (not a stream: those are re-opened)
+            raise failure
+        view.print_summary()
         return EXIT_OK
     finally:
         await api.channel.close()
