@@ -57,7 +57,7 @@ class Phases:
     window: int
 
 
-QUICK = Phases(20, 300, 2.5, 0.002, 2000, 1.5, 4)
+QUICK = Phases(20, 300, 1.2, 0.002, 2000, 0.8, 4)
 FULL = Phases(50, 3000, 15.0, 0.002, 20000, 8.0, 4)
 
 

@@ -90,7 +90,7 @@ def _measure(path: Path, runs: int, settings: DecoderSettings) -> tuple[float, f
 
 
 def run(quick: bool) -> list[Row]:
-    runs = 6 if quick else 15
+    runs = 4 if quick else 15
     nice = raise_priority()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="vap-bench-decode-") as tmp, EmbeddedNats(Path(tmp)) as nats:
