@@ -15,6 +15,8 @@ import psycopg
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from vap_common.embedded import EmbeddedServers, Endpoints
 
@@ -65,6 +67,29 @@ async def nats_client(nats_url: str, request: pytest.FixtureRequest) -> AsyncIte
         yield client
     finally:
         await client.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def scenario_config_stream(nats_client: NatsClient) -> AsyncIterator[JetStreamContext]:
+    """The stream of latest ScenarioConfigs, created as the control service creates it (kept if it existed:
+    control tests share it; removed after the test otherwise)."""
+    from vap_control.settings import ControlSettings
+    from vap_control.streams import config_stream_config, ensure_stream
+
+    js = nats_client.jetstream()
+    config = config_stream_config(ControlSettings())
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+        existed = True
+    except NotFoundError:
+        existed = False
+    assert await ensure_stream(js, config)
+    try:
+        yield js
+    finally:
+        if not existed:
+            await js.delete_stream(config.name)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
 
 from vap_common import subjects
 from vap_inference.detector import Detector
@@ -291,6 +292,42 @@ async def test_scenario_settings_apply_per_scenario(
         await service.stop()
         for ring in rings.values():
             ring.close()
+
+
+async def test_a_service_started_late_applies_the_stored_scenario_config(
+    nats_url: str,
+    nats_client: NatsClient,
+    scenario_config_stream: JetStreamContext,
+    collector: Collector,
+    models_dir: Path,
+    channel_ids: list[str],
+    frames: dict[int, np.ndarray],
+) -> None:
+    """The scenario exists before the service starts (or restarts): its settings come from JetStream."""
+    channel = channel_ids[0]
+    scenario_id = "scn-late-" + channel
+    cfg = scenario_pb2.ScenarioConfig(
+        scenario_id=scenario_id,
+        channel_id=channel,
+        revision=3,
+        active=True,
+        pipeline=scenario_pb2.PipelineSettings(class_names=["car"]),
+    )
+    await scenario_config_stream.publish(subjects.scenario_config(scenario_id), cfg.SerializeToString())
+    service = await start_service(nats_url, models_dir, NANODET.name)
+    ring = RingWriter.create(channel, width=768, height=576, pixel_format=I420, slots=2)
+    try:
+        assert service.counters["configs"] >= 1  # applied during start, before any frame
+        ref = write_frame(
+            ring, frames[200], sequence=1, capture_time_ns=time.time_ns(), scenario_id=scenario_id
+        )
+        await publish(nats_client, ref)
+        await collector.wait_for(lambda: channel in collector.by_channel)
+        (fd,) = collector.by_channel[channel]
+        assert person_count(fd) == 0 and all(d.class_name == "car" for d in fd.detections)
+    finally:
+        await service.stop()
+        ring.close()
 
 
 @pytest.mark.parametrize("unused", [None])

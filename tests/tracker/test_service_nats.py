@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
 
 from vap_common import subjects
 from vap_proto.v1 import analytics_pb2, scenario_pb2, tracking_pb2
@@ -170,3 +171,39 @@ async def test_the_service_process_tracks_and_stops_on_sigterm(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_a_tracker_started_late_applies_the_stored_scenario_config(
+    nats_client: NatsClient, nats_url: str, scenario_config_stream: JetStreamContext
+) -> None:
+    """The scenario exists before the tracker starts (or restarts): its config comes from JetStream."""
+    scenario, channel = f"scn-{uuid.uuid4().hex[:8]}", f"late-{uuid.uuid4().hex[:8]}"
+    subject = subjects.scenario_config(scenario)
+    door = line_rule("door", (100, 240), (540, 240), min_distance=5)
+    old = scenario_config(scenario, channel, 1, [line_rule("old", (0, 0), (1, 1))])
+    await scenario_config_stream.publish(subject, old.SerializeToString())
+    current = scenario_config(scenario, channel, 2, [door], count_interval_s=1.0)
+    await scenario_config_stream.publish(subject, current.SerializeToString())
+    inbox = Inbox()
+    await inbox.subscribe(nats_client, channel)
+
+    bus = await NatsBus.connect(nats_url)
+    svc = TrackerService(TrackerServiceSettings(channels=[channel]), bus)
+    await svc.start()
+    try:
+        pipe = svc.pipelines[channel]  # applied during start, before any detection
+        assert (pipe.scenario_id, pipe.revision) == (scenario, 2)
+        # A live repeat of an older revision after the replay changes nothing.
+        await nats_client.publish(subject, old.SerializeToString())
+        walker = Walker(line_path((320, 150), (320, 350), 40))
+        for f in range(40):
+            fd = detections(f, [walker], channel, scenario)
+            await nats_client.publish(subjects.detections(channel), fd.SerializeToString())
+        await nats_client.flush()
+        await eventually(lambda: len(inbox.tracked) == 40 and inbox.events)
+        (event,) = inbox.events
+        assert (event.rule_id, event.line_crossing.direction_label) == ("door", "in")
+        assert event.scenario_id == scenario
+    finally:
+        await svc.stop()
+        await bus.close()

@@ -23,8 +23,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from google.protobuf.message import DecodeError
+
 from vap_common import subjects
 from vap_common.logs import get_logger
+from vap_common.scenario_configs import fetch_latest_scenario_configs_from
 from vap_framebus import AsyncFrameSubscriber
 from vap_inference import metrics
 from vap_inference.backends.base import BackendError
@@ -77,9 +80,21 @@ class InferenceService:
             await loop.run_in_executor(self._executor, self.manager.get, name)
         await self._bus.connect(nats_url, name="vap-inference")
         await self._bus.subscribe(subjects.all_scenario_configs(), self._on_config)
+        # Configs stored before we subscribed (a scenario created while we were down), read after subscribing
+        # so nothing falls in between; _on_config keeps the newest revision whatever the order.
+        await self._bus.flush()
+        stored = await fetch_latest_scenario_configs_from(nats_url)
+        for subject, payload in stored:
+            try:
+                self._on_config(subject, payload)
+            except DecodeError:
+                _log.warning("undecodable stored scenario config", subject=subject)
         await self._bus.subscribe(subjects.all_frames(), self._on_frame, queue=self.settings.queue_group)
         _log.info(
-            "inference service subscribed", frames=subjects.all_frames(), model=self.manager.default_name
+            "inference service subscribed",
+            frames=subjects.all_frames(),
+            model=self.manager.default_name,
+            stored_configs=len(stored),
         )
 
     async def stop(self) -> None:

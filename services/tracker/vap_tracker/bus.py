@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from vap_common.scenario_configs import fetch_latest_scenario_configs
+
 Handler = Callable[[str, bytes], Awaitable[None]]
 
 
@@ -18,6 +20,10 @@ class Bus(Protocol):
     async def flush(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    async def stored_scenario_configs(self) -> list[tuple[str, bytes]]:
+        """(subject, payload) of the latest ScenarioConfig per scenario kept by JetStream; empty if none."""
+        ...
 
 
 class NatsBus:
@@ -45,6 +51,9 @@ class NatsBus:
 
     async def flush(self) -> None:
         await self._nc.flush(timeout=5)
+
+    async def stored_scenario_configs(self) -> list[tuple[str, bytes]]:
+        return await fetch_latest_scenario_configs(self._nc)
 
     async def close(self) -> None:
         for sub in self._subs:

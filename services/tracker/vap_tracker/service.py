@@ -68,7 +68,12 @@ class TrackerService:
         else:
             await self.bus.subscribe(subjects.all_detections(), self._on_detections)
         await self.bus.flush()
-        _log.info("tracker subscribed", channels=sorted(self._channels) or "all")
+        # Configs stored before we subscribed (a scenario created while we were down), after subscribing so
+        # nothing falls in between; handle_config keeps the newest revision whatever the order.
+        stored = await self.bus.stored_scenario_configs()
+        for subject, payload in stored:
+            await self._on_config(subject, payload)
+        _log.info("tracker subscribed", channels=sorted(self._channels) or "all", stored_configs=len(stored))
 
     async def stop(self) -> None:
         out: Outgoing = []

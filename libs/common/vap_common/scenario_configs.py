@@ -1,0 +1,85 @@
+"""The latest ScenarioConfig of every scenario, read from the JetStream stream the control service keeps.
+
+Control publishes each ScenarioConfig on ``vap.scenario.<id>.config`` (core NATS, for running services)
+and the server also stores it in a stream that keeps the last message per subject (control's
+``config_stream``, VAP_SCENARIO_CONFIG by default). A service that starts after a scenario was created
+(or is restarted after a crash) subscribes to the live subject first and then replays the stored configs
+through the same handler: handlers keep the newest revision, so replayed and live messages may interleave.
+
+The stream is found by subject, not by name, so a renamed stream still works. No stream (no control
+running, JetStream disabled) is not an error: the service carries on with live updates only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import nats
+from nats.errors import Error as NatsError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import Error as JetStreamError
+
+from vap_common import subjects
+from vap_common.logs import get_logger
+
+_log = get_logger("vap.scenario_configs")
+
+_BATCH = 256
+
+
+async def fetch_latest_scenario_configs(nc: Any, *, timeout: float = 5.0) -> list[tuple[str, bytes]]:
+    """(subject, payload) of the stored ScenarioConfig of every scenario, oldest stored first, through the
+    nats-py client ``nc``. Empty when there is no such stream or JetStream cannot be reached."""
+    subject = subjects.all_scenario_configs()
+    js = nc.jetstream(timeout=timeout)
+    try:
+        stream = await js.find_stream_name_by_subject(subject)
+    except (JetStreamError, NatsError, TimeoutError) as exc:
+        _log.debug("no scenario config stream; live updates only", error=repr(exc))
+        return []
+    out: list[tuple[str, bytes]] = []
+    sub = None
+    try:
+        sub = await js.pull_subscribe(
+            subject,
+            stream=stream,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=30.0,
+                mem_storage=True,
+            ),
+        )
+        info = await sub.consumer_info()
+        pending = info.num_pending or 0
+        while pending > 0:
+            msgs = await sub.fetch(min(pending, _BATCH), timeout=timeout)
+            for msg in msgs:
+                out.append((msg.subject, msg.data))
+                pending = msg.metadata.num_pending
+    except (JetStreamError, NatsError, TimeoutError) as exc:
+        _log.warning("cannot read stored scenario configs", stream=stream, error=repr(exc), read=len(out))
+    finally:
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                name = (await sub.consumer_info()).name
+                await sub.unsubscribe()
+                await js.delete_consumer(stream, name)
+    _log.debug("read stored scenario configs", stream=stream, count=len(out))
+    return out
+
+
+async def fetch_latest_scenario_configs_from(url: str, *, timeout: float = 5.0) -> list[tuple[str, bytes]]:
+    """The same through a short-lived connection to ``url`` (for services whose bus is not nats-py)."""
+    try:
+        nc = await nats.connect(
+            url, name="vap-scenario-configs", connect_timeout=timeout, max_reconnect_attempts=0
+        )
+    except (NatsError, OSError, TimeoutError) as exc:
+        _log.debug("cannot connect to read stored scenario configs", error=repr(exc))
+        return []
+    try:
+        return await fetch_latest_scenario_configs(nc, timeout=timeout)
+    finally:
+        await nc.close()
