@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from vap_common.backoff import Backoff
 from vap_common.paths import sample_video
-from vap_decoder.backoff import Backoff
 from vap_decoder.errors import InvalidSourceError, PermanentSourceError
 from vap_decoder.health import CONNECTING, FAILED, RECONNECTING, STOPPED, STREAMING, HealthTracker
 from vap_decoder.ring_sink import RingSink, output_size

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import socket
 import struct
 import threading
@@ -26,6 +25,7 @@ from collections import deque
 from types import TracebackType
 from typing import Any, Self
 
+from vap_common.backoff import Backoff
 from vap_framebus.errors import (
     AuthorizationError,
     FrameBusConnectionError,
@@ -351,12 +351,11 @@ class FramePublisher:
         return None, None
 
     def _reconnect(self) -> tuple[socket.socket | None, Parser | None]:
-        attempt = 0
+        backoff = Backoff(self.reconnect_wait, self.reconnect_wait_max)
         while not self._closed.is_set():
-            delay = min(self.reconnect_wait_max, self.reconnect_wait * 2**attempt)
-            if self._closed.wait(delay * random.uniform(0.5, 1.0)):  # noqa: S311  (jitter, not crypto)
+            if self._closed.wait(backoff.next_delay()):
                 break
-            attempt += 1
+            attempt = backoff.attempt
             sock, parser = self._connect_any(raise_errors=False)
             if sock is not None:
                 self.reconnects += 1

@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from vap_common.backoff import Backoff
 from vap_framebus.errors import (
     AuthorizationError,
     FrameBusConnectionError,
@@ -403,11 +403,10 @@ class AsyncFrameSubscriber:
         self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        attempt = 0
+        backoff = Backoff(self.reconnect_wait, self.reconnect_wait_max)
         while not self._closing:
-            delay = min(self.reconnect_wait_max, self.reconnect_wait * 2**attempt)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  (jitter, not crypto)
-            attempt += 1
+            await asyncio.sleep(backoff.next_delay())
+            attempt = backoff.attempt
             if await self._connect_any(raise_errors=False):
                 self.reconnects += 1
                 self._reconnect_task = None

@@ -25,8 +25,8 @@ import av
 import av.error
 
 from vap_common import subjects
+from vap_common.backoff import Backoff
 from vap_common.logs import get_logger
-from vap_decoder.backoff import Backoff
 from vap_decoder.errors import PermanentSourceError, SourceError, TransientSourceError
 from vap_decoder.health import (
     CONNECTING,

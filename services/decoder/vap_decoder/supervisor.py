@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from vap_common.backoff import Backoff
 from vap_common.logs import get_logger
 from vap_common.redact import redact_url
-from vap_decoder.backoff import Backoff
 from vap_decoder.health import FAILED, RECONNECTING, STOPPED, TERMINAL_STATES
 from vap_decoder.process import EXIT_FAILED, EXIT_OK, channel_argv
 from vap_decoder.settings import DecoderSettings

@@ -1,4 +1,5 @@
-"""Exponential backoff with jitter for reconnects and process restarts.
+"""Exponential backoff with jitter for every reconnect and restart loop in VAP (decoders, the decoder
+agent, the frame bus).
 
 Delay n (n = 0, 1, ...) is drawn uniformly from [d/2, d] with d = min(cap, initial * 2**n): the first retry
 comes within ``initial`` (<= 1 s), later ones spread out so that many cameras behind one failed switch do
