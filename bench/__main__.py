@@ -15,9 +15,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", choices=sorted(available), help="which suite to run")
     parser.add_argument("--quick", action="store_true", help="short run (under a minute)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON to PATH")
+    parser.add_argument(
+        "--minutes", type=float, metavar="M", help="soak: minutes at steady load (default 60; --quick 1.5)"
+    )
     args = parser.parse_args(argv)
 
     suite = available[args.suite]
+    if suite.configure is not None:
+        suite.configure(args)
     print(f"suite {suite.name}: {suite.description}{' (quick)' if args.quick else ''}", flush=True)
     rows = suite.run(args.quick)
     print(format_table(rows, suite.columns))

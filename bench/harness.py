@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -24,6 +25,8 @@ class Suite:
     columns: Sequence[str]
     # Lines printed after the table, e.g. targets met or missed with their figures.
     summarize: Callable[[list[Row]], list[str]] = lambda rows: []
+    # Takes this suite's own command-line options (e.g. soak's --minutes) before ``run``.
+    configure: Callable[[argparse.Namespace], None] | None = None
 
 
 _SUITES: dict[str, Suite] = {}

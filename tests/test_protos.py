@@ -29,6 +29,7 @@ from vap_proto.v1 import (
     frame_pb2,
     health_pb2,
     inference_pb2,
+    nodes_pb2,
     scenario_pb2,
     source_pb2,
     tracking_pb2,
@@ -46,6 +47,7 @@ GENERATED_MODULES = [
     frame_pb2,
     health_pb2,
     inference_pb2,
+    nodes_pb2,
     scenario_pb2,
     source_pb2,
     tracking_pb2,
@@ -561,6 +563,8 @@ CONTROL_RPCS = {
     "Detect": ("DetectRequest", "DetectResponse", False),
     "ListModels": ("ListModelsRequest", "ListModelsResponse", False),
     "ListChannels": ("ListChannelsRequest", "ListChannelsResponse", False),
+    "ListNodes": ("ListNodesRequest", "ListNodesResponse", False),
+    "DrainNode": ("DrainNodeRequest", "DrainNodeResponse", False),
 }
 INFERENCE_RPCS = {
     "Detect": ("DetectRequest", "DetectResponse", False),
@@ -800,7 +804,15 @@ def test_wildcards_match_their_subjects_only() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["vap.frames", "vap.frames.a.b", "vap.bogus.a", "other.frames.a", "vap.agent.a.nope", "vap.frames.a=2"],
+    [
+        "vap.frames",
+        "vap.detections.a.b",
+        "vap.frames.a.b.c",
+        "vap.bogus.a",
+        "other.frames.a",
+        "vap.agent.a.nope",
+        "vap.frames.a=2",
+    ],
 )
 def test_parse_rejects_foreign_subjects(bad: str) -> None:
     with pytest.raises(ValueError, match=r"subject|token"):

@@ -5,7 +5,9 @@ put in the ring) of vtest-576p25 frames, the model run, decoding + NMS. ``ms_per
 one batch / batch size; ``fps`` = 1000 / ms_per_frame (one detector, one batch in flight). Batch sizes 1,
 4 and 8 where the model's load-time probe allows them (NanoDet-m runs frame by frame only).
 
-Models: the shipped NanoDet-m 416 and SSDLite person 300 (from $VAP_MODELS_DIR / .vap/models), and a
+Models: the shipped NanoDet-m 416 and SSDLite person 300 (from $VAP_MODELS_DIR / .vap/models), the INT8
+build of NanoDet (``nanodet-m-416-int8``, the service's default) and SSDLite without its NMS subgraph
+(``ssdlite-mbv2-person-300-raw``) from the derived-model cache (models/derived.py), and a
 YOLOv8n exported from its YAML by Ultralytics when that is installed (random weights: speed only), or the
 file named by $VAP_BENCH_YOLO. Backends: ONNX Runtime on the CPU; TensorRT where it can run.
 
@@ -69,15 +71,19 @@ def _yolo_model(work: Path) -> Path | None:
 
 
 def _configs(work: Path) -> Iterator[tuple[ModelSpec, Path]]:
-    from vap_inference.models.registry import NANODET, SSDLITE, yolo_spec
-    from vap_inference.testing import missing_model_reason, model_path
+    from vap_common.paths import models_dir
+    from vap_inference.errors import ModelVerificationError
+    from vap_inference.models.derived import locate_model
+    from vap_inference.models.registry import NANODET, NANODET_INT8, SSDLITE, SSDLITE_RAW, yolo_spec
 
-    for spec in (NANODET, SSDLITE):
-        reason = missing_model_reason(spec)
-        if reason:
-            print(f"skipping {spec.name}: {reason}")
+    for spec in (NANODET, NANODET_INT8, SSDLITE, SSDLITE_RAW):
+        try:
+            # Derived models (INT8) come from their cache, built there on a miss (seconds).
+            path, _ = locate_model(spec, models_dir())
+        except ModelVerificationError as exc:
+            print(f"skipping {spec.name}: {exc}")
             continue
-        yield spec, model_path(spec)
+        yield spec, path
     try:
         yolo = _yolo_model(work)
     except Exception as exc:  # an export problem must not cost the other rows
@@ -227,11 +233,15 @@ def summarize(rows: list[Row]) -> list[str]:
         if "nanodet" in r["model"] and r["backend"].startswith("onnxruntime") and r["threads"] == 2
     ]
     if nanodet:
-        best = min(r["ms_per_frame"] for r in nanodet)
-        verdict = "met" if best <= NANODET_TARGET_MS else "MISSED"
+        best = min(nanodet, key=lambda r: r["ms_per_frame"])
+        verdict = "met" if best["ms_per_frame"] <= NANODET_TARGET_MS else "MISSED"
+        per_model = ", ".join(
+            f"{m} {min(r['ms_per_frame'] for r in nanodet if r['model'] == m):.1f} ms"
+            for m in sorted({r["model"] for r in nanodet})
+        )
         lines.append(
             f"target NanoDet on ONNX Runtime (2 threads) <= {NANODET_TARGET_MS:.0f} ms/frame: "
-            f"{verdict} ({best:.1f} ms)"
+            f"{verdict} ({per_model})"
         )
     else:
         lines.append("target NanoDet <= 30 ms/frame: not measured (model file absent)")

@@ -17,7 +17,8 @@ import pytest
 
 from vap_inference.backends.onnxruntime import OrtBackend
 from vap_inference.detector import Detector
-from vap_inference.models.registry import NANODET, SSDLITE, ModelSpec
+from vap_inference.models.derived import locate_model
+from vap_inference.models.registry import NANODET, NANODET_INT8, SSDLITE, ModelSpec
 from vap_inference.testing import missing_model_reason, model_path, video_frames
 from vap_shmring import SHM_DIR, ring_name
 
@@ -40,6 +41,18 @@ def nanodet() -> Detector:
 
 
 @pytest.fixture(scope="session")
+def nanodet_int8_path(models_dir: Path) -> Path:
+    """The INT8 NanoDet (the service's default) from the derived-model cache, built there on a miss."""
+    return locate_model(NANODET_INT8, models_dir)[0]
+
+
+@pytest.fixture(scope="session")
+def nanodet_int8(nanodet_int8_path: Path) -> Detector:
+    backend = OrtBackend(nanodet_int8_path, threads=2, batch_cap=1)
+    return Detector(NANODET_INT8, backend, max_batch=1).load()
+
+
+@pytest.fixture(scope="session")
 def ssdlite() -> Detector:
     return _detector(SSDLITE, 4)
 
@@ -55,6 +68,9 @@ def models_dir() -> Path:
     for spec in (NANODET, SSDLITE):
         if reason := missing_model_reason(spec):
             pytest.skip(reason)
+    # The service's default model is derived from NanoDet: build it once here (cached across sessions), so
+    # that no service under test spends its start-up deadline building it.
+    locate_model(NANODET_INT8, path)
     return path
 
 

@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vap_inference.grpc_api import InferenceApi, add_to_server
 from vap_inference.imageio import ImageError, header_size
 from vap_inference.manager import ModelManager
-from vap_inference.models.registry import NANODET, SSDLITE
+from vap_inference.models.registry import NANODET, NANODET_INT8, SSDLITE
 from vap_inference.settings import InferenceSettings
 from vap_proto.v1 import inference_pb2, inference_pb2_grpc
 
@@ -66,7 +66,8 @@ async def test_detect_finds_people_in_a_jpeg_and_a_png(
     assert (resp.image_width, resp.image_height) == (768, 576)
     people = [d for d in resp.detections if d.class_name == "person"]
     assert len(people) >= 4
-    assert resp.stats.model_name == NANODET.name and resp.stats.inference_us > 0
+    # The default model: the INT8 build of NanoDet.
+    assert resp.stats.model_name == NANODET_INT8.name and resp.stats.inference_us > 0
     scores = [d.confidence for d in resp.detections]
     assert scores == sorted(scores, reverse=True)
     png = await stub.Detect(
@@ -137,7 +138,8 @@ async def test_detect_limits_and_unknown_model(stub: inference_pb2_grpc.Inferenc
 async def test_list_models(stub: inference_pb2_grpc.InferenceServiceStub) -> None:
     resp = await stub.ListModels(inference_pb2.ListModelsRequest())
     names = [m.name for m in resp.models]
-    assert names[0] == NANODET.name and resp.models[0].is_default and SSDLITE.name in names
+    assert names[0] == NANODET_INT8.name and resp.models[0].is_default
+    assert {NANODET.name, SSDLITE.name} <= set(names)
     nanodet = resp.models[0]
     assert nanodet.family == inference_pb2.MODEL_FAMILY_NANODET and len(nanodet.class_names) == 80
 

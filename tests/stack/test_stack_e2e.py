@@ -141,6 +141,13 @@ def test_cli_exit_codes(stack: dict[str, Any], tmp_path: Path) -> None:
     status = proc.cli("status", *data)
     assert status.returncode == EXIT_OK, status.stdout + status.stderr
     assert "control" in status.stdout and "SERVING" in status.stdout
+    # `vap up` is one node: its agent registered it; draining an unknown node is "not found".
+    nodes = proc.cli("node", "list", "--json", *data)
+    assert nodes.returncode == EXIT_OK, nodes.stderr
+    (node,) = json.loads(nodes.stdout)
+    assert node["alive"] and int(node["channels"]) >= 2
+    unknown = proc.cli("node", "drain", "no-such-node", *data)
+    assert unknown.returncode == EXIT_NOT_FOUND and "not found" in unknown.stderr
     wrong_token = proc.cli("scenario", "list", *data, env={"VAP_TOKEN": "wrong"})
     assert wrong_token.returncode == EXIT_AUTH and "wrong" not in wrong_token.stderr
     nowhere = proc.cli("scenario", "list", "--target", "127.0.0.1:9", *data)

@@ -16,10 +16,12 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
 import urllib.request
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
@@ -69,7 +71,19 @@ def nats_server_binary() -> Path:
     return Path(found)
 
 
-def render_config(directory: Path, *, monitoring: bool, port: int = -1) -> str:
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """This server's part in a NATS cluster: its name, its route port and the route ports of all members."""
+
+    name: str
+    server_name: str
+    port: int
+    route_ports: tuple[int, ...]
+
+
+def render_config(
+    directory: Path, *, monitoring: bool, port: int = -1, cluster: ClusterSpec | None = None
+) -> str:
     """The server's configuration. Port -1 (the default) lets the server pick a free port itself (no race
     with other processes between choosing and binding); it reports the port in the ports file. A fixed
     port lets a test restart the server where its clients reconnect to."""
@@ -92,6 +106,16 @@ def render_config(directory: Path, *, monitoring: bool, port: int = -1) -> str:
     ]
     if monitoring:
         lines.insert(3, f"http: {json.dumps(HOST + ':-1')}")
+    if cluster is not None:
+        routes = ", ".join(json.dumps(f"nats-route://{HOST}:{p}") for p in cluster.route_ports)
+        lines += [
+            f"server_name: {json.dumps(cluster.server_name)}",
+            "cluster {",
+            f"  name: {json.dumps(cluster.name)}",
+            f"  listen: {json.dumps(f'{HOST}:{cluster.port}')}",
+            f"  routes: [{routes}]",
+            "}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -100,9 +124,16 @@ class EmbeddedNats:
     stops it. Nothing is shared between instances except what is on disk in ``directory``."""
 
     def __init__(
-        self, directory: Path, *, monitoring: bool = True, startup_timeout: float = 15.0, port: int = -1
+        self,
+        directory: Path,
+        *,
+        monitoring: bool = True,
+        startup_timeout: float = 15.0,
+        port: int = -1,
+        cluster: ClusterSpec | None = None,
     ) -> None:
         self.directory = directory.resolve()
+        self.cluster = cluster
         self.monitoring = monitoring
         self.port = port
         self.startup_timeout = startup_timeout
@@ -124,19 +155,43 @@ class EmbeddedNats:
         if self._proc is not None:
             raise EmbeddedServerError("NATS server already started")
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.spawn()
+        return self.wait_ready()
+
+    def spawn(self) -> None:
+        """Start the process without waiting (the members of a cluster start together: JetStream is ready
+        only once a quorum of them is up)."""
+        if self._proc is not None:
+            raise EmbeddedServerError("NATS server already started")
+        self.directory.mkdir(parents=True, exist_ok=True)
         lock = DirLock(self.directory, "NATS")
         lock.acquire()
         try:
             self._clean_stale()
             self._spawn()
-            self.url = self._wait_ready()
         except BaseException:
             self.stop()
             lock.release()
             raise
         self._lock = lock
+
+    def wait_ready(self) -> str:
+        """Wait until the spawned server serves clients (and JetStream); returns its client URL."""
+        try:
+            self.url = self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
         _log.info("NATS server started: %s (pid %d, dir %s)", self.url, self.pid, self.directory)
         return self.url
+
+    def kill(self) -> None:
+        """SIGKILL, no shutdown: a crashed server (for failure tests)."""
+        proc = self._proc
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        self.stop()
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (the server closes clients and flushes JetStream), then SIGKILL after ``timeout``."""
@@ -171,7 +226,9 @@ class EmbeddedNats:
 
     def _spawn(self) -> None:
         config = self.directory / "nats-server.conf"
-        config.write_text(render_config(self.directory, monitoring=self.monitoring, port=self.port))
+        config.write_text(
+            render_config(self.directory, monitoring=self.monitoring, port=self.port, cluster=self.cluster)
+        )
         argv = [str(nats_server_binary()), "--config", str(config)]
         self._log_start = file_size(self.log_path)  # the log is appended to; errors quote this run only
         with self.log_path.open("ab") as log:
@@ -240,3 +297,62 @@ def _host_port(url: str) -> tuple[str, int]:
     hostport = url.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     return host, int(port)
+
+
+class EmbeddedNatsCluster:
+    """``size`` nats-server processes routed into one cluster with clustered JetStream (a test's stand-in for
+    a multi-host deployment's NATS). ``start()`` returns the client URLs; ``url`` is all of them joined by
+    commas, the form NATS_URL takes for a cluster. Route ports are chosen free just before the start."""
+
+    def __init__(self, directory: Path, *, size: int = 3, name: str = "vap", startup_timeout: float = 30.0):
+        if size < 1:
+            raise ValueError("a cluster needs at least one server")
+        self.directory = directory.resolve()
+        self.size = size
+        self.name = name
+        self.startup_timeout = startup_timeout
+        self.servers: list[EmbeddedNats] = []
+        self.urls: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+    def start(self) -> list[str]:
+        route_ports = tuple(free_port() for _ in range(self.size))
+        self.servers = [
+            EmbeddedNats(
+                self.directory / f"n{i}",
+                startup_timeout=self.startup_timeout,
+                cluster=ClusterSpec(self.name, f"{self.name}-n{i}", route_ports[i], route_ports),
+            )
+            for i in range(self.size)
+        ]
+        try:
+            for server in self.servers:
+                server.spawn()
+            self.urls = [server.wait_ready() for server in self.servers]
+        except BaseException:
+            self.stop()
+            raise
+        return self.urls
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self.urls = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    """A TCP port free at this moment on HOST (for listeners whose port others must know in advance)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])

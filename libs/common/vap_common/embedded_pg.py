@@ -100,8 +100,11 @@ class EmbeddedPostgres:
         durable: bool = True,
         startup_timeout: float = 30.0,
         run_as_when_root: str = "nobody",
+        port: int | None = None,
     ) -> None:
         self.directory = directory.resolve()
+        # A fixed port lets a restarted server keep its URL (fault tests); None = a free one each start.
+        self.requested_port = port
         self.pgdata = self.directory / "pgdata"
         self.log_path = self.directory / "postgres.log"
         self.database = database
@@ -228,7 +231,7 @@ class EmbeddedPostgres:
         """Start on a free port; if another process grabbed the port between our check and the server's bind,
         try another one."""
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            port = free_tcp_port(HOST)
+            port = self.requested_port or free_tcp_port(HOST)
             log_start = file_size(self.log_path)
             self._spawn(port, run_as)
             failure = self._wait_ready()
@@ -236,7 +239,7 @@ class EmbeddedPostgres:
                 self.port = port
                 return
             tail = log_tail(self.log_path, since=log_start)
-            if "could not bind" not in tail or attempt == _PORT_ATTEMPTS:
+            if "could not bind" not in tail or attempt == _PORT_ATTEMPTS or self.requested_port:
                 raise EmbeddedServerError(f"PostgreSQL {failure}; log {self.log_path}:\n{tail}")
             _log.info("port %d was taken before PostgreSQL could bind it; retrying", port)
 

@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
+from vap_common.grpc_guard import MalformedRequestInterceptor
 from vap_common.logs import configure_logging, get_logger
 from vap_common.settings import ServiceSettings
 
@@ -64,7 +65,9 @@ class ServiceRuntime:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        self._server = grpc.aio.server(interceptors=self._interceptors, options=self._options)
+        # The malformed-request guard innermost: a service's own interceptors (authentication) run first.
+        interceptors = [*self._interceptors, MalformedRequestInterceptor()]
+        self._server = grpc.aio.server(interceptors=interceptors, options=self._options)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         health_address = f"{self.settings.bind_host}:{self.settings.health_port}"
         self.health_port = self._server.add_insecure_port(health_address)

@@ -22,6 +22,7 @@ from nats.js.errors import Error as JetStreamError
 
 from vap_common import subjects
 from vap_common.logs import get_logger
+from vap_common.nats_urls import nats_servers
 
 _log = get_logger("vap.scenario_configs")
 
@@ -74,7 +75,7 @@ async def fetch_latest_scenario_configs_from(url: str, *, timeout: float = 5.0) 
     """The same through a short-lived connection to ``url`` (for services whose bus is not nats-py)."""
     try:
         nc = await nats.connect(
-            url, name="vap-scenario-configs", connect_timeout=timeout, max_reconnect_attempts=0
+            nats_servers(url), name="vap-scenario-configs", connect_timeout=timeout, max_reconnect_attempts=0
         )
     except (NatsError, OSError, TimeoutError) as exc:
         _log.debug("cannot connect to read stored scenario configs", error=repr(exc))

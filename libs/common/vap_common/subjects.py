@@ -3,6 +3,8 @@
 Layout (``<id>`` is always an escaped token, see :func:`token`)::
 
     vap.frames.<channel>            FrameRef          decoder -> inference       (per kept frame)
+    vap.frames.<channel>.<node>     FrameRef          the same on a multi-node deployment: only the
+                                                      node's own inference subscribes (rings are host-local)
     vap.detections.<channel>        FrameDetections   inference -> tracker, control
     vap.tracks.<channel>            TrackedFrame      tracker -> control
     vap.events.<channel>            AnalyticsEvent    tracker -> control
@@ -12,6 +14,7 @@ Layout (``<id>`` is always an escaped token, see :func:`token`)::
     vap.agent.<agent>.commands      AgentCommand      control (outbox relay) -> decoder agent
     vap.agent.<agent>.replies       AgentReply        decoder agent -> control
     vap.agent.<agent>.status        AgentStatus       decoder agent -> control   (heartbeat)
+    vap.tracker.<tracker>.status    TrackerStatus     tracker -> trackers        (shard membership)
 
 All payloads are serialised ``vap.v1`` protobuf messages (``vap_proto.v1``), never JSON.
 
@@ -36,6 +39,7 @@ __all__ = [
     "HEALTH",
     "PREFIX",
     "SCENARIO",
+    "TRACKER",
     "TRACKS",
     "ParsedSubject",
     "agent_commands",
@@ -49,6 +53,7 @@ __all__ = [
     "all_events",
     "all_frames",
     "all_scenario_configs",
+    "all_tracker_status",
     "all_tracks",
     "channel_health",
     "counts",
@@ -58,6 +63,7 @@ __all__ = [
     "parse",
     "scenario_config",
     "token",
+    "tracker_status",
     "tracks",
     "untoken",
 ]
@@ -74,6 +80,7 @@ COUNTS: Final = "counts"
 HEALTH: Final = "health"
 SCENARIO: Final = "scenario"
 AGENT: Final = "agent"
+TRACKER: Final = "tracker"
 
 _SCENARIO_CONFIG: Final = "config"
 _AGENT_COMMANDS: Final = "commands"
@@ -85,6 +92,7 @@ _ESCAPE: Final = "="
 _TOKEN_RE: Final = re.compile(r"(?:[A-Za-z0-9_-]|=[0-9A-F]{2})+")
 _PER_CHANNEL: Final = frozenset({FRAMES, DETECTIONS, TRACKS, EVENTS, COUNTS, HEALTH})
 _AGENT_LEAVES: Final = frozenset({_AGENT_COMMANDS, _AGENT_REPLIES, _AGENT_STATUS})
+_TRACKER_STATUS: Final = "status"
 
 
 def token(raw_id: str) -> str:
@@ -126,8 +134,13 @@ def _join(*parts: str) -> str:
 # Per-channel data path ---------------------------------------------------------------------------------
 
 
-def frames(channel_id: str) -> str:
-    """``vap.frames.<channel>``: vap.v1.FrameRef for every kept frame, published by the channel's decoder."""
+def frames(channel_id: str, node_id: str = "") -> str:
+    """``vap.frames.<channel>``: vap.v1.FrameRef for every kept frame, published by the channel's decoder.
+
+    With a ``node_id`` (a multi-node deployment): ``vap.frames.<channel>.<node>``, so each node's inference
+    service receives only the frames whose rings live on its own host."""
+    if node_id:
+        return _join(FRAMES, token(channel_id), token(node_id))
     return _join(FRAMES, token(channel_id))
 
 
@@ -179,11 +192,19 @@ def agent_status(agent_id: str) -> str:
     return _join(AGENT, token(agent_id), _AGENT_STATUS)
 
 
+def tracker_status(tracker_id: str) -> str:
+    """``vap.tracker.<tracker>.status``: vap.v1.TrackerStatus, the shard-membership heartbeat of a tracker."""
+    return _join(TRACKER, token(tracker_id), _TRACKER_STATUS)
+
+
 # Wildcards for subscribers -----------------------------------------------------------------------------
 
 
-def all_frames() -> str:
-    """``vap.frames.*``: FrameRef of every channel."""
+def all_frames(node_id: str = "") -> str:
+    """``vap.frames.*``: FrameRef of every channel; with a ``node_id``, ``vap.frames.*.<node>``: every channel
+    decoded on that node."""
+    if node_id:
+        return _join(FRAMES, "*", token(node_id))
     return _join(FRAMES, "*")
 
 
@@ -227,15 +248,22 @@ def all_agent_status() -> str:
     return _join(AGENT, "*", _AGENT_STATUS)
 
 
+def all_tracker_status() -> str:
+    """``vap.tracker.*.status``: TrackerStatus heartbeats of every sharded tracker."""
+    return _join(TRACKER, "*", _TRACKER_STATUS)
+
+
 class ParsedSubject(NamedTuple):
     """A concrete VAP subject split into its kind and the (unescaped) id it is about."""
 
     kind: str
-    """Second token: one of FRAMES, DETECTIONS, TRACKS, EVENTS, COUNTS, HEALTH, SCENARIO, AGENT."""
+    """Second token: one of FRAMES, DETECTIONS, TRACKS, EVENTS, COUNTS, HEALTH, SCENARIO, AGENT, TRACKER."""
     id: str
-    """Channel id (per-channel kinds), scenario id (SCENARIO) or agent id (AGENT), unescaped."""
+    """Channel id (per-channel kinds), scenario id (SCENARIO), agent id (AGENT) or tracker id (TRACKER),
+    unescaped."""
     leaf: str
-    """Last token for SCENARIO ("config") and AGENT ("commands", "replies", "status"); "" otherwise."""
+    """Last token for SCENARIO ("config"), AGENT ("commands", "replies", "status") and TRACKER ("status");
+    the (unescaped) node id of a node-scoped FRAMES subject; "" otherwise."""
 
 
 def parse(subject: str) -> ParsedSubject:
@@ -248,6 +276,12 @@ def parse(subject: str) -> ParsedSubject:
         return ParsedSubject(parts[1], untoken(parts[2]), "")
     if len(parts) == 4 and parts[0] == PREFIX:
         kind, tok, leaf = parts[1], parts[2], parts[3]
-        if (kind == SCENARIO and leaf == _SCENARIO_CONFIG) or (kind == AGENT and leaf in _AGENT_LEAVES):
+        if kind == FRAMES:
+            return ParsedSubject(kind, untoken(tok), untoken(leaf))
+        if (
+            (kind == SCENARIO and leaf == _SCENARIO_CONFIG)
+            or (kind == AGENT and leaf in _AGENT_LEAVES)
+            or (kind == TRACKER and leaf == _TRACKER_STATUS)
+        ):
             return ParsedSubject(kind, untoken(tok), leaf)
     raise ValueError(f"not a VAP subject: {subject!r}")

@@ -29,6 +29,7 @@ import subprocess
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -99,6 +100,7 @@ class RtspCamera:
         auth: AuthScheme = "digest",
         protocols: tuple[Protocol, ...] = ("tcp", "udp", "udp-mcast"),
         shared: bool = False,
+        then: Sequence[str | os.PathLike[str]] = (),
         ready_timeout: float = 15.0,
         python: str = SYSTEM_PYTHON,
     ) -> None:
@@ -113,6 +115,8 @@ class RtspCamera:
         self.auth = auth
         self.protocols = protocols
         self.shared = shared
+        # Files served after `file` in the same loop (another resolution: a stream that changes size).
+        self.then = [Path(p) for p in then]
         self.ready_timeout = ready_timeout
         self.python = python
         self.ready_line: str | None = None
@@ -198,6 +202,8 @@ class RtspCamera:
             argv += ["--user", self.user, "--password", self.password, "--auth", self.auth]
         if self.shared:
             argv.append("--shared")
+        for path in self.then:
+            argv += ["--then", str(path)]
         return argv
 
     def _spawn_and_wait(self) -> int | None:

@@ -82,6 +82,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="print missing Debian packages as JSON and exit")
     p.add_argument("--file", help="MP4 (or any qtdemux-able file) with an H.264 video track")
+    p.add_argument(
+        "--then",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="more files served after --file in the same loop, e.g. of another resolution "
+        "(a camera whose stream changes size mid-way: new SPS in band)",
+    )
     p.add_argument("--port", type=int, default=8554)
     p.add_argument("--address", default="127.0.0.1", help="listen address (loopback by default)")
     p.add_argument("--path", default="cam", help="mount point, e.g. 'cam' -> rtsp://host:port/cam")
@@ -187,6 +195,32 @@ def load_clip(path: str) -> Clip:
         height=s.get_value("height"),
         fps_n=fps_n,
         fps_d=fps_d,
+    )
+
+
+def concat_clips(clips: list[Clip]) -> Clip:
+    """One clip playing ``clips`` back to back; caps, size and rate are the first one's (the SPS/PPS in
+    front of every IDR carry each part's own size)."""
+    first = clips[0]
+    buffers: list[Any] = []
+    pts: list[int] = []
+    dts: list[int] = []
+    offset = 0
+    for clip in clips:
+        buffers += clip.buffers
+        pts += [t + offset for t in clip.pts]
+        dts += [t + offset for t in clip.dts]
+        offset += clip.duration
+    return Clip(
+        buffers=buffers,
+        pts=pts,
+        dts=dts,
+        duration=offset,
+        caps=first.caps,
+        width=first.width,
+        height=first.height,
+        fps_n=first.fps_n,
+        fps_d=first.fps_d,
     )
 
 
@@ -317,7 +351,7 @@ def main(argv: list[str]) -> int:
     loop = GLib.MainLoop()
     watch_parent(args)
     try:
-        clip = load_clip(args.file)
+        clip = concat_clips([load_clip(path) for path in [args.file, *args.then]])
         server = build_server(args, clip)
     except (RuntimeError, ValueError, GLib.Error) as exc:
         print(f"error: {exc}", file=sys.stderr)

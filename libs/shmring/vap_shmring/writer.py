@@ -92,14 +92,16 @@ class RingWriter:
         slots: int,
         row_align: int = 64,
         shm_dir: str = SHM_DIR,
+        name_prefix: str = "",
     ) -> RingWriter:
-        """Create the ring of ``channel_id`` (name from :func:`ring_name`, mode 0600) with ``slots`` frames.
+        """Create the ring of ``channel_id`` (name from :func:`ring_name` with the node's ``name_prefix``,
+        mode 0600) with ``slots`` frames.
 
         A ring of that name left by a dead writer is replaced; one whose writer is alive raises
         RingExistsError.
         """
         geometry = compute_geometry(width, height, pixel_format, row_align)
-        name = ring_name(channel_id)
+        name = ring_name(channel_id, name_prefix)
         header = build_header(channel_id, geometry, slots)
         fd = create_segment(shm_dir, name, header)
         try:

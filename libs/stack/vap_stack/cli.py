@@ -384,6 +384,37 @@ async def _status(args: argparse.Namespace) -> int:
         await api.channel.close()
 
 
+async def _node(args: argparse.Namespace) -> int:
+    """`vap node list` (nodes with capacity, load, drain state) and `vap node drain|undrain NODE`."""
+    api = Api(args)
+    try:
+        if args.action == "list":
+            reply = await api.call(api.stub.ListNodes, control_pb2.ListNodesRequest(include_dead=args.all))
+            if args.json:
+                print(json.dumps([json.loads(_json(n)) for n in reply.nodes], indent=2))
+                return EXIT_OK
+            print(f"{'NODE':28} {'STATE':9} {'CHANNELS':>8} {'MAX':>4}  {'BACKEND':12} LABELS")
+            for n in reply.nodes:
+                state = "draining" if n.draining else ("alive" if n.alive else "dead")
+                labels = ",".join(f"{k}={v}" for k, v in sorted(n.capacity.labels.items()))
+                print(
+                    f"{n.node_id[:28]:28} {state:9} {n.channels:>8} {n.capacity.max_channels:>4}  "
+                    f"{n.capacity.backend[:12]:12} {labels}"
+                )
+            if not reply.nodes:
+                print("(no live nodes; --all shows dead ones)")
+            return EXIT_OK
+        request = control_pb2.DrainNodeRequest(node_id=args.node, undrain=args.action == "undrain")
+        drained = await api.call(api.stub.DrainNode, request)
+        if args.action == "undrain":
+            print(f"{args.node}: takes new scenarios again")
+        else:
+            print(f"{args.node}: drained; moving {drained.moved} scenario(s) to other nodes")
+        return EXIT_OK
+    finally:
+        await api.channel.close()
+
+
 # -- parser ---------------------------------------------------------------------------------------------
 
 
@@ -438,6 +469,17 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=["list", "fetch"])
     models.add_argument("--only", action="append", metavar="NAME")
     sub.add_parser("status", parents=[conn], help="services, channels, health")
+    node = sub.add_parser("node", help="nodes of a multi-host deployment").add_subparsers(
+        dest="action", required=True
+    )
+    node_list = node.add_parser("list", parents=[conn], help="nodes with capacity, load and drain state")
+    node_list.add_argument("--all", action="store_true", help="also nodes whose heartbeats stopped")
+    node_list.add_argument("--json", action="store_true")
+    for name, text in (
+        ("drain", "move a node's scenarios away, place none there"),
+        ("undrain", "undo drain"),
+    ):
+        node.add_parser(name, parents=[conn], help=text).add_argument("node", help="node id")
     return parser
 
 
@@ -455,6 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "watch": _watch,
             "detect": _detect,
             "status": _status,
+            "node": _node,
         }
         return aio.run(runners[args.command](args))
     except ConfigError as exc:

@@ -16,9 +16,9 @@
             polygon: [[0.1, 0.5], [0.9, 0.5], [0.9, 1.0], [0.1, 1.0]]
             loitering_s: 30
 
-Services keep their own settings: the sections ``decoder``, ``inference``, ``tracker`` and ``control`` of this
-file are handed to them unchanged (see each service's README). Errors name the file and the field
-(``cameras[1].lines[0].points``), never a pydantic traceback.
+Services keep their own settings: the sections ``decoder``, ``inference``, ``tracker``, ``control`` and
+``web`` of this file are handed to them unchanged (see each service's README). Errors name the file and the
+field (``cameras[1].lines[0].points``), never a pydantic traceback.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from vap_common.paths import sample_data_dir
 from vap_proto.v1 import analytics_pb2, common_pb2, scenario_pb2, source_pb2
 
 _ID_RE = r"^[A-Za-z0-9_-]{1,64}$"
-SERVICE_SECTIONS = ("decoder", "inference", "tracker", "control")
+SERVICE_SECTIONS = ("decoder", "inference", "tracker", "control", "web")
 
 
 class ConfigError(ValueError):
@@ -155,6 +155,8 @@ class Ports(_Strict):
     inference: int = Field(default=50061, ge=0, le=65535)
     # Prometheus metrics of each service: base, base+1, ... (decoder, inference, tracker, control); 0 = free.
     metrics_base: int = Field(default=9101, ge=0, le=65530)
+    # The live web view (HTTP, vap_control.web); null = do not start it.
+    web: int | None = Field(default=8080, ge=0, le=65535)
 
 
 class DatasetSink(_Strict):
@@ -181,6 +183,7 @@ class SiteConfig(_Strict):
     inference: dict[str, Any] = Field(default_factory=dict)
     tracker: dict[str, Any] = Field(default_factory=dict)
     control: dict[str, Any] = Field(default_factory=dict)
+    web: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("cameras")
     @classmethod

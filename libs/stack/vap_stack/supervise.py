@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,8 +55,14 @@ class Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self._log is None:
             self._log = self.log_path.open("ab")
+        # Should `vap up` itself be killed, the services get SIGTERM rather than live on. setpriv sets the
+        # parent-death signal between fork and exec in C. A preexec_fn would do it in Python, and Python code
+        # in the child of a process with gRPC threads (fork handlers run there) crashed it with SIGSEGV
+        # now and then: seen as "exited with status -11" on restarts (tests/faults).
+        setpriv = _SETPRIV if _PRCTL is not None else None
+        prefix = [setpriv, "--pdeathsig", "SIGTERM", "--"] if setpriv else []
         self.proc = subprocess.Popen(
-            [sys.executable, *self.argv],
+            [*prefix, sys.executable, *self.argv],
             env=dict(self.env),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -63,10 +70,8 @@ class Service:
             # Own process group: a Ctrl+C in the terminal reaches only `vap up`, which then stops the
             # services in order instead of all of them racing each other.
             start_new_session=True,
-            # ...and should `vap up` itself be killed, the services get SIGTERM rather than live on.
-            # Safe with threads here: it only calls prctl through a libc handle loaded beforehand (no
-            # allocation, no import, no dlopen between fork and exec).
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+            # Without setpriv (not Debian's util-linux): prctl from Python after all.
+            preexec_fn=None if setpriv else _die_with_parent,  # noqa: PLW1509
         )
         self.started_at = time.monotonic()
 
@@ -177,6 +182,7 @@ except (OSError, AttributeError):  # pragma: no cover - not Linux
     _PRCTL = None
 _PR_SET_PDEATHSIG = 1
 _SIGTERM = int(signal.SIGTERM)
+_SETPRIV = shutil.which("setpriv")
 
 
 def _die_with_parent() -> None:

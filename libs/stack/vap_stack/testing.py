@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +28,8 @@ class StackProcess:
     def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.config_path = workdir / "site.yaml"
+        # Tests run side by side: the live view on any free port unless the test names one.
+        config = config | {"ports": {"web": 0, **config.get("ports", {})}}
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.data_dir = Path(config.get("data_dir", workdir / "stack"))
         self.output = workdir / "vap-up.log"
@@ -102,3 +108,38 @@ class StackProcess:
             timeout=60,
             check=False,
         )
+
+
+async def delete_inbox_consumer(nats_url: str, consumer: str) -> None:
+    """Remove a stack's durable inbox consumer: with interest retention, one left behind would keep other
+    tests' results pending in the shared NATS server."""
+    import nats
+
+    nc = await nats.connect(nats_url)
+    with contextlib.suppress(Exception):
+        await nc.jetstream().delete_consumer("VAP_RESULTS", consumer)
+    await nc.close()
+
+
+@contextlib.contextmanager
+def running_stack(
+    config: dict[str, Any], workdir: Path, *, nats_url: str, database_url: str, prefix: str
+) -> Iterator[tuple[StackProcess, dict[str, Any]]]:
+    """``vap up`` with ``config`` on a fresh database of the server at ``database_url`` and its own in-memory
+    inbox consumer; yields the process and its ``stack.json``. Afterwards Ctrl+C, which must end it with
+    status 0, and the database and consumer are removed. ``prefix``: [a-z0-9_]+ naming both."""
+    from vap_control.testing import drop_database, fresh_database
+
+    db = fresh_database(database_url, prefix=prefix)
+    consumer = f"{prefix}-inbox-{uuid.uuid4().hex[:8]}"
+    control = dict(config.get("control", {})) | {"inbox_storage": "memory", "inbox_consumer": consumer}
+    proc = StackProcess(
+        config | {"control": control}, workdir, env={"NATS_URL": nats_url, "DATABASE_URL": db}
+    )
+    try:
+        yield proc, proc.start()
+    finally:
+        status = proc.interrupt() if proc.proc is not None else None
+        asyncio.run(delete_inbox_consumer(nats_url, consumer))
+        drop_database(database_url, db)
+        assert status in (None, 0), f"vap up exited with {status}:\n{proc.text()[-3000:]}"

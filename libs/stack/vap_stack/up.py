@@ -60,6 +60,15 @@ def _port(fixed: int) -> int:
     return fixed if fixed else _free_port()
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _say(message: str) -> None:
     # Progress goes to stderr: stdout is the live table (or the plain lines a script reads).
     with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP) while we shut down
@@ -92,11 +101,24 @@ def resolve_models_dir() -> Path:
 
 
 def ensure_models(names: list[str], report: Callable[[str], None] = _say) -> None:
+    from vap_inference.errors import ModelVerificationError
+    from vap_inference.models.derived import locate_model
     from vap_inference.models.registry import BUILTIN_MODELS
 
     known = {spec.name: spec for spec in BUILTIN_MODELS}
     directory = resolve_models_dir()
-    missing = [n for n in names if n in known and not (directory / known[n].filename).is_file()]
+
+    def present(name: str) -> bool:
+        spec = known[name]
+        if not spec.base:
+            return (directory / spec.filename).is_file()
+        try:  # a derived model (INT8): built and cached from its base by the same fetch command
+            locate_model(spec, directory, build=False)
+        except ModelVerificationError:
+            return False
+        return True
+
+    missing = [n for n in names if n in known and not present(n)]
     if not missing:
         return
     report(
@@ -128,6 +150,8 @@ class Stack:
     scenarios: dict[str, str] = field(default_factory=dict)
     channel: grpc.aio.Channel | None = None
     stub: control_pb2_grpc.ControlServiceAsyncStub | None = None
+    # The live web view's address (http://host:port/), None when it is not started.
+    web_url: str | None = None
 
     @property
     def metadata(self) -> tuple[tuple[str, str]]:
@@ -138,6 +162,7 @@ class Stack:
             "site": self.config.site,
             "pid": os.getpid(),
             "control": self.control_target,
+            "web": self.web_url,
             "token_file": str((self.data_dir / "control" / TOKEN_FILE).resolve()),
             "scenarios": self.scenarios,
             "services": {
@@ -208,7 +233,7 @@ def _service_yaml(config: SiteConfig, path: Path) -> None:
     """The services' own sections of the site config, in the file each reads through VAP_CONFIG. Every
     section is written, empty ones too: a settings file without a service's section is read as that
     service's settings as a whole (vap_common.settings), which would hand it the others' fields."""
-    sections = {name: getattr(config, name) for name in ("decoder", "inference", "tracker", "control")}
+    sections = {name: getattr(config, name) for name in ("decoder", "inference", "tracker", "control", "web")}
     sections["dataset"] = {}
     path.write_text(yaml.safe_dump(sections, sort_keys=False))
 
@@ -324,6 +349,26 @@ async def _start(
     )
     control.health_port = control_port  # health is served on the API port too
     await sup.start(control, ready_timeout)
+    if config.ports.web and not _port_free(config.ports.web):
+        # The view is a convenience: a busy port (another stack, a dev server) must not stop the stack.
+        report(f"live view not started: port {config.ports.web} is in use (set ports.web, 0 = any free port)")
+    elif config.ports.web is not None:
+        # The live web view reads the rings, so it runs here, beside the decoders; it asks control with
+        # each browser's own token and has none of its own.
+        web_address = f"127.0.0.1:{_port(config.ports.web)}"
+        # Same node as the decoders here, so it reads their frames (vap.frames.<channel>.<node>).
+        node = str(config.decoder.get("node_id", ""))
+        web = service(
+            "web",
+            ["-m", "vap_control.web"],
+            "VAP_WEB_",
+            5,
+            VAP_WEB_LISTEN=web_address,
+            VAP_WEB_CONTROL_TARGET=stack.control_target,
+            **({"VAP_WEB_NODE_ID": node} if node and "node_id" not in config.web else {}),
+        )
+        await sup.start(web, ready_timeout)
+        stack.web_url = f"http://{web_address}/"
 
     stack.channel = grpc.aio.insecure_channel(stack.control_target)
     stack.stub = control_pb2_grpc.ControlServiceStub(stack.channel)
@@ -396,6 +441,8 @@ async def run_up(config: SiteConfig, *, display: DisplayMode, duration: float | 
             f"{stack.control_target} (token in {stack.data_dir / 'control' / TOKEN_FILE}); logs in "
             f"{stack.data_dir / 'logs'}; Ctrl+C stops everything"
         )
+        if stack.web_url:
+            _say(f"live view at {stack.web_url} (log in with the API token)")
         from vap_stack.display import LiveView
 
         assert stack.stub is not None
@@ -413,7 +460,10 @@ async def run_up(config: SiteConfig, *, display: DisplayMode, duration: float | 
             view.print_summary()
         finally:
             watcher.cancel()
-            _say("stopping: scenarios, then control, tracker, inference, decoder agent, cameras, servers")
+            _say(
+                "stopping: scenarios, then web view, control, tracker, inference, decoder agent, cameras, "
+                "servers"
+            )
             await stack.close()
         _say("stopped")
         return 0

@@ -14,6 +14,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from vap_proto.v1 import health_pb2 as _health_pb2
+from vap_proto.v1 import nodes_pb2 as _nodes_pb2
 from vap_proto.v1 import source_pb2 as _source_pb2
 import builtins as _builtins
 import sys
@@ -358,6 +359,7 @@ class AgentStatus(_message.Message):
     CHANNELS_FIELD_NUMBER: _builtins.int
     REPORT_TIME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Agent id, unique in the cluster and stable across restarts of the agent on the same node."""
     node_id: _builtins.str
@@ -376,6 +378,10 @@ class AgentStatus(_message.Message):
     def report_time(self) -> _timestamp_pb2.Timestamp:
         """When this report was made."""
 
+    @_builtins.property
+    def capacity(self) -> _nodes_pb2.NodeCapacity:
+        """Capacity of the agent's node (node registration: max channels, inference backend, models, labels)."""
+
     def __init__(
         self,
         *,
@@ -386,10 +392,11 @@ class AgentStatus(_message.Message):
         channels: _abc.Iterable[Global___ChannelProcess] | None = ...,
         report_time: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.str = ...,
+        capacity: _nodes_pb2.NodeCapacity | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["report_time", b"report_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "report_time", b"report_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "channels", b"channels", "max_workers", b"max_workers", "node_id", b"node_id", "pid", b"pid", "report_time", b"report_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capacity", b"capacity", "channels", b"channels", "max_workers", b"max_workers", "node_id", b"node_id", "pid", b"pid", "report_time", b"report_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -130,22 +130,26 @@ class Attribute(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
+    VOTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Attribute name, e.g. "gender" or "age_group"."""
     value: _builtins.str
     """Predicted value, e.g. "female" or "25-34"."""
     confidence: _builtins.float
-    """Classifier confidence of `value` in [0, 1]."""
+    """Classifier confidence of `value` in [0, 1]; on tracks, the mean probability of `value` over the votes."""
+    votes: _builtins.int
+    """On tracks: how many crops voted (the attribute is a vote over frames); "unknown" while too few agree."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         value: _builtins.str = ...,
         confidence: _builtins.float = ...,
+        votes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "name", b"name", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "name", b"name", "value", b"value", "votes", b"votes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,6 +18,7 @@ from vap_proto.v1 import analytics_pb2 as _analytics_pb2
 from vap_proto.v1 import common_pb2 as _common_pb2
 from vap_proto.v1 import detection_pb2 as _detection_pb2
 from vap_proto.v1 import health_pb2 as _health_pb2
+from vap_proto.v1 import nodes_pb2 as _nodes_pb2
 from vap_proto.v1 import scenario_pb2 as _scenario_pb2
 import builtins as _builtins
 import sys
@@ -719,12 +720,17 @@ class QueryCountsRequest(_message.Message):
     RULE_IDS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SPLIT_BY_ATTRIBUTE_FIELD_NUMBER: _builtins.int
     scenario_id: _builtins.str
     """Scenario id (required)."""
     page_size: _builtins.int
     """Maximum number of IntervalCounts to return; 0 = server default (100); above 1000 = 1000."""
     page_token: _builtins.str
     """next_page_token of the previous page; empty = first page. Other fields must match the first request."""
+    split_by_attribute: _builtins.str
+    """Also split the events of the page's intervals by this track attribute (e.g. "gender"):
+    QueryCountsResponse.attribute_counts. Empty = no split.
+    """
     @_builtins.property
     def time_range(self) -> _common_pb2.TimeRange:
         """Time range; unset bounds are open. Intervals overlapping a bound are included whole."""
@@ -748,14 +754,57 @@ class QueryCountsRequest(_message.Message):
         rule_ids: _abc.Iterable[_builtins.str] | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        split_by_attribute: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "time_range", b"time_range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "page_size", b"page_size", "page_token", b"page_token", "rule_ids", b"rule_ids", "scenario_id", b"scenario_id", "time_range", b"time_range"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "page_size", b"page_size", "page_token", b"page_token", "rule_ids", b"rule_ids", "scenario_id", b"scenario_id", "split_by_attribute", b"split_by_attribute", "time_range", b"time_range"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueryCountsRequest: _TypeAlias = QueryCountsRequest  # noqa: Y015
+
+@_typing.final
+class AttributeCounts(_message.Message):
+    """Events of one rule and interval whose track had one value of an attribute (e.g. entries of women)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    INTERVAL_START_NS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    rule_id: _builtins.str
+    """Rule the events belong to."""
+    interval_start_ns: _builtins.int
+    """Start of the interval (Unix epoch, ns), as IntervalCounts.interval_start_ns of the same page."""
+    kind: _analytics_pb2.EventKind.ValueType
+    """Event kind counted (line crossings, zone entries, ...)."""
+    direction: _analytics_pb2.CrossingDirection.ValueType
+    """For line crossings: the direction; unspecified for other kinds."""
+    value: _builtins.str
+    """Attribute value of the events' tracks (their latest vote), "unknown" when not known."""
+    count: _builtins.int
+    """Number of such events."""
+    def __init__(
+        self,
+        *,
+        rule_id: _builtins.str = ...,
+        interval_start_ns: _builtins.int = ...,
+        kind: _analytics_pb2.EventKind.ValueType = ...,
+        direction: _analytics_pb2.CrossingDirection.ValueType = ...,
+        value: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "direction", b"direction", "interval_start_ns", b"interval_start_ns", "kind", b"kind", "rule_id", b"rule_id", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttributeCounts: _TypeAlias = AttributeCounts  # noqa: Y015
 
 @_typing.final
 class QueryCountsResponse(_message.Message):
@@ -766,6 +815,7 @@ class QueryCountsResponse(_message.Message):
     COUNTS_FIELD_NUMBER: _builtins.int
     INTERVAL_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ATTRIBUTE_COUNTS_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty when this is the last page."""
     @_builtins.property
@@ -778,16 +828,23 @@ class QueryCountsResponse(_message.Message):
     def interval(self) -> _duration_pb2.Duration:
         """Interval size the counts were aggregated to."""
 
+    @_builtins.property
+    def attribute_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttributeCounts]:
+        """With QueryCountsRequest.split_by_attribute: the events of this page's intervals and rules split by the
+        attribute's value, by interval start, rule id, kind, direction, value.
+        """
+
     def __init__(
         self,
         *,
         counts: _abc.Iterable[_analytics_pb2.IntervalCounts] | None = ...,
         interval: _duration_pb2.Duration | None = ...,
         next_page_token: _builtins.str = ...,
+        attribute_counts: _abc.Iterable[Global___AttributeCounts] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "interval", b"interval", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute_counts", b"attribute_counts", "counts", b"counts", "interval", b"interval", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -900,3 +957,103 @@ class ListChannelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListChannelsResponse: _TypeAlias = ListChannelsResponse  # noqa: Y015
+
+@_typing.final
+class DrainNodeRequest(_message.Message):
+    """Drain a node: no new placements on it, and its running scenarios move to other nodes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    UNDRAIN_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """Node to drain (NodeInfo.node_id)."""
+    undrain: _builtins.bool
+    """True = undo a drain: the node takes placements again (scenarios already moved stay where they are)."""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        undrain: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "undrain", b"undrain"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainNodeRequest: _TypeAlias = DrainNodeRequest  # noqa: Y015
+
+@_typing.final
+class DrainNodeResponse(_message.Message):
+    """Result of a drain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    MOVED_FIELD_NUMBER: _builtins.int
+    moved: _builtins.int
+    """Scenarios whose move off the node was started by this call."""
+    @_builtins.property
+    def node(self) -> _nodes_pb2.NodeInfo:
+        """The node after the change."""
+
+    def __init__(
+        self,
+        *,
+        node: _nodes_pb2.NodeInfo | None = ...,
+        moved: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["moved", b"moved", "node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainNodeResponse: _TypeAlias = DrainNodeResponse  # noqa: Y015
+
+@_typing.final
+class ListNodesRequest(_message.Message):
+    """List the nodes (decoder agents and their capacity) known to the control plane."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_DEAD_FIELD_NUMBER: _builtins.int
+    include_dead: _builtins.bool
+    """Also list nodes whose heartbeats stopped (default: only live ones)."""
+    def __init__(
+        self,
+        *,
+        include_dead: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_dead", b"include_dead"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodesRequest: _TypeAlias = ListNodesRequest  # noqa: Y015
+
+@_typing.final
+class ListNodesResponse(_message.Message):
+    """The nodes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_nodes_pb2.NodeInfo]:
+        """Nodes by node id."""
+
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[_nodes_pb2.NodeInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodesResponse: _TypeAlias = ListNodesResponse  # noqa: Y015

@@ -111,6 +111,16 @@ class ControlServiceStub:
                 request_serializer=vap_dot_v1_dot_control__pb2.ListChannelsRequest.SerializeToString,
                 response_deserializer=vap_dot_v1_dot_control__pb2.ListChannelsResponse.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/vap.v1.ControlService/ListNodes',
+                request_serializer=vap_dot_v1_dot_control__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=vap_dot_v1_dot_control__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/vap.v1.ControlService/DrainNode',
+                request_serializer=vap_dot_v1_dot_control__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=vap_dot_v1_dot_control__pb2.DrainNodeResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -222,6 +232,20 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodes(self, request, context):
+        """List the nodes with their capacity, load and drain state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainNode(self, request, context):
+        """Drain a node (or undo a drain): its scenarios move to other nodes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -299,6 +323,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ListChannels,
                     request_deserializer=vap_dot_v1_dot_control__pb2.ListChannelsRequest.FromString,
                     response_serializer=vap_dot_v1_dot_control__pb2.ListChannelsResponse.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=vap_dot_v1_dot_control__pb2.ListNodesRequest.FromString,
+                    response_serializer=vap_dot_v1_dot_control__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=vap_dot_v1_dot_control__pb2.DrainNodeRequest.FromString,
+                    response_serializer=vap_dot_v1_dot_control__pb2.DrainNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -707,6 +741,60 @@ class ControlService:
             '/vap.v1.ControlService/ListChannels',
             vap_dot_v1_dot_control__pb2.ListChannelsRequest.SerializeToString,
             vap_dot_v1_dot_control__pb2.ListChannelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vap.v1.ControlService/ListNodes',
+            vap_dot_v1_dot_control__pb2.ListNodesRequest.SerializeToString,
+            vap_dot_v1_dot_control__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vap.v1.ControlService/DrainNode',
+            vap_dot_v1_dot_control__pb2.DrainNodeRequest.SerializeToString,
+            vap_dot_v1_dot_control__pb2.DrainNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

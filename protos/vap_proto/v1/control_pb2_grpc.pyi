@@ -69,6 +69,10 @@ class ControlServiceStub:
     """List the available detection models."""
     ListChannels: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListChannelsRequest, _control_pb2.ListChannelsResponse]
     """List camera channels with health, live fps and latency."""
+    ListNodes: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListNodesRequest, _control_pb2.ListNodesResponse]
+    """List the nodes with their capacity, load and drain state."""
+    DrainNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.DrainNodeRequest, _control_pb2.DrainNodeResponse]
+    """Drain a node (or undo a drain): its scenarios move to other nodes."""
 
 @_typing.type_check_only
 class ControlServiceAsyncStub(ControlServiceStub):
@@ -105,6 +109,10 @@ class ControlServiceAsyncStub(ControlServiceStub):
     """List the available detection models."""
     ListChannels: _aio.UnaryUnaryMultiCallable[_control_pb2.ListChannelsRequest, _control_pb2.ListChannelsResponse]  # type: ignore[assignment]
     """List camera channels with health, live fps and latency."""
+    ListNodes: _aio.UnaryUnaryMultiCallable[_control_pb2.ListNodesRequest, _control_pb2.ListNodesResponse]  # type: ignore[assignment]
+    """List the nodes with their capacity, load and drain state."""
+    DrainNode: _aio.UnaryUnaryMultiCallable[_control_pb2.DrainNodeRequest, _control_pb2.DrainNodeResponse]  # type: ignore[assignment]
+    """Drain a node (or undo a drain): its scenarios move to other nodes."""
 
 class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
     """Scenarios, live results, stored results, one-off detection and health of a VAP deployment."""
@@ -228,5 +236,21 @@ class ControlServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ListChannelsResponse, _abc.Awaitable[_control_pb2.ListChannelsResponse]]:
         """List camera channels with health, live fps and latency."""
+
+    @_abc_1.abstractmethod
+    def ListNodes(
+        self,
+        request: _control_pb2.ListNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListNodesResponse, _abc.Awaitable[_control_pb2.ListNodesResponse]]:
+        """List the nodes with their capacity, load and drain state."""
+
+    @_abc_1.abstractmethod
+    def DrainNode(
+        self,
+        request: _control_pb2.DrainNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.DrainNodeResponse, _abc.Awaitable[_control_pb2.DrainNodeResponse]]:
+        """Drain a node (or undo a drain): its scenarios move to other nodes."""
 
 def add_ControlServiceServicer_to_server(servicer: ControlServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -355,6 +355,26 @@ class Scenario(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class NodeSelectorEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -370,6 +390,7 @@ class Scenario(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     CHANNEL_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    NODE_SELECTOR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only: server-assigned unique id (UUID)."""
     name: _builtins.str
@@ -418,6 +439,10 @@ class Scenario(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels for clients (e.g. store or camera ids)."""
 
+    @_builtins.property
+    def node_selector(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Place the scenario only on nodes whose NodeCapacity.labels contain all these pairs; empty = any node."""
+
     def __init__(
         self,
         *,
@@ -436,10 +461,11 @@ class Scenario(_message.Message):
         revision: _builtins.int = ...,
         channel_id: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        node_selector: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["analytics", b"analytics", "create_time", b"create_time", "health", b"health", "pipeline", b"pipeline", "source", b"source", "update_time", b"update_time", "worker", b"worker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analytics", b"analytics", "channel_id", b"channel_id", "client_request_id", b"client_request_id", "create_time", b"create_time", "health", b"health", "id", b"id", "labels", b"labels", "name", b"name", "pipeline", b"pipeline", "revision", b"revision", "source", b"source", "status", b"status", "status_reason", b"status_reason", "update_time", b"update_time", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analytics", b"analytics", "channel_id", b"channel_id", "client_request_id", b"client_request_id", "create_time", b"create_time", "health", b"health", "id", b"id", "labels", b"labels", "name", b"name", "node_selector", b"node_selector", "pipeline", b"pipeline", "revision", b"revision", "source", b"source", "status", b"status", "status_reason", b"status_reason", "update_time", b"update_time", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -131,7 +131,10 @@ class Track(_message.Message):
 
     @_builtins.property
     def attributes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Attribute]:
-        """Attributes from secondary classifiers (e.g. gender/age), aggregated over the track; empty when none ran."""
+        """Attributes from secondary classifiers (e.g. gender, age_group), each a vote over the track's crops with
+        its confidence and vote count; value "unknown" while the crops were too small or disagree. Empty when
+        the attribute stage is off.
+        """
 
     def __init__(
         self,

@@ -11,8 +11,8 @@ transaction under the scenario's row lock):
 - ``AgentStatus`` (``vap.agent.*.status``): the agents table (placement, liveness), worker pids, and stops
   or starts the agent no longer knows about.
 
-A periodic reconcile marks scenarios of agents that stopped reporting (only after we have been connected to
-NATS long enough to have heard them).
+A periodic reconcile moves the scenarios of agents that stopped reporting (only after we have been connected
+to NATS long enough to have heard them) and of drained nodes to other nodes (``placement``).
 
 How replies move scenarios (walks only go forward along their chain, so a stale reply changes nothing):
 
@@ -39,9 +39,10 @@ from nats.aio.subscription import Subscription
 from vap_common import subjects
 from vap_common.logs import get_logger
 from vap_common.redact import redact_text
-from vap_control import lifecycle, metrics
+from vap_control import lifecycle, metrics, placement
 from vap_control.bus import Bus
 from vap_control.db.pool import Pool
+from vap_control.repo import nodes as nodes_repo
 from vap_control.repo import outbox as outbox_repo
 from vap_control.repo import scenarios as repo
 from vap_control.repo.scenarios import Conn, ScenarioRow
@@ -118,7 +119,7 @@ async def _apply_start_reply(
         return ReplyOutcome(done=True)
     if reply.code in (Code.AGENT_REPLY_CODE_MAX_WORKERS, Code.AGENT_REPLY_CODE_UNAVAILABLE):
         if scenario.status_value == lifecycle.INIT_STARTUP:
-            other = await repo.pick_agent(conn, agent_timeout_s=settings.agent_timeout_s, exclude=[agent])
+            other = await placement.pick(conn, scenario, settings, exclude=[agent])
             if other is not None:
                 await repo.assign_worker(conn, scenario, other)
                 return ReplyOutcome(done=False, retry_agent=other, error=f"{agent}: {_code_name(reply.code)}")
@@ -157,7 +158,11 @@ async def _apply_stop_reply(
         if reply.HasField("channel") and reply.channel.HasField("health"):
             await repo.set_health(conn, scenario.id, reply.channel.health)
         await repo.advance(conn, scenario, lifecycle.IN_SHUTDOWN_PROCESSING, lifecycle.SHUTDOWN_CHAIN)
-        if gone:
+        if gone and scenario.status_value == lifecycle.INIT_STARTUP and scenario.agent_id == agent:
+            # The stop ahead of a restart or a move (drained node): that placement is over, the start that
+            # follows places the scenario afresh.
+            await repo.release_worker(conn, scenario.id)
+        elif gone:
             await finish_stop(conn, scenario)
         return ReplyOutcome(done=True)
     await repo.fail(
@@ -189,10 +194,10 @@ async def apply_health(conn: Conn, health: health_pb2.ChannelHealth, *, persist:
         return
     status = scenario.status_value
     state = health.state
+    if scenario.agent_id is not None and health.agent_id and health.agent_id != scenario.agent_id:
+        return  # a report of a previous placement on another agent (e.g. a node it moved away from)
     if persist:
         await repo.set_health(conn, scenario.id, health)
-    if scenario.agent_id is not None and health.agent_id and health.agent_id != scenario.agent_id:
-        return  # a report of a previous placement on another agent
     if scenario.agent_id is not None and health.pid:
         await repo.update_worker(conn, scenario.id, agent_id=scenario.agent_id, pid=health.pid)
     if state == CS.CHANNEL_STATE_FAILED and status in lifecycle.RUNNING and status != lifecycle.INIT_STARTUP:
@@ -207,9 +212,16 @@ async def apply_health(conn: Conn, health: health_pb2.ChannelHealth, *, persist:
         await repo.advance(conn, scenario, lifecycle.ACTIVE, lifecycle.STARTUP_CHAIN)
 
 
-async def apply_status(conn: Conn, status: agent_pb2.AgentStatus, *, agent_timeout_s: float) -> bool:
-    """Record an agent's heartbeat and reconcile the scenarios placed on it. True when the agent (re)appeared:
-    starts waiting for an agent are then made due at once."""
+async def apply_status(
+    conn: Conn,
+    status: agent_pb2.AgentStatus,
+    *,
+    agent_timeout_s: float,
+    settings: ControlSettings | None = None,
+) -> tuple[bool, list[str]]:
+    """Record an agent's heartbeat and reconcile the scenarios placed on it. Returns whether the agent
+    (re)appeared (starts waiting for an agent are then made due at once) and the channels it runs that are
+    placed on another agent now (moved away while it was silent: they must be stopped there)."""
     appeared = not await repo.agent_alive(conn, status.agent_id, agent_timeout_s=agent_timeout_s)
     if appeared:
         await conn.execute(
@@ -217,20 +229,7 @@ async def apply_status(conn: Conn, status: agent_pb2.AgentStatus, *, agent_timeo
             " AND agent_id IS NULL AND next_attempt_at > now()",
             (outbox_repo.START,),
         )
-    await conn.execute(
-        "INSERT INTO agents (agent_id, node_id, pid, max_workers, channels, version, last_seen)"
-        " VALUES (%s, %s, %s, %s, %s, %s, now()) ON CONFLICT (agent_id) DO UPDATE SET"
-        " node_id = excluded.node_id, pid = excluded.pid, max_workers = excluded.max_workers,"
-        " channels = excluded.channels, version = excluded.version, last_seen = now()",
-        (
-            status.agent_id,
-            status.node_id,
-            status.pid,
-            status.max_workers,
-            len(status.channels),
-            status.version,
-        ),
-    )
+    await nodes_repo.record_agent(conn, status)
     listed = {ch.channel_id: ch for ch in status.channels}
     # Scenarios placed on this agent long enough that a heartbeat must list them.
     cur = await conn.execute(
@@ -264,47 +263,59 @@ async def apply_status(conn: Conn, status: agent_pb2.AgentStatus, *, agent_timeo
                 and not _process_gone(channel)
             ):
                 await repo.advance(conn, scenario, lifecycle.ACTIVE, lifecycle.STARTUP_CHAIN)
-        elif await _assigned_before(conn, scenario.id, agent_timeout_s):
+        elif await _assigned_before(conn, scenario.id, agent_timeout_s, status):
             # The agent no longer knows the channel (e.g. it was restarted): the decoder is gone.
-            await repo.fail(conn, scenario, f"decoder agent {status.agent_id} no longer runs the channel")
-    return appeared
+            reason = f"decoder agent {status.agent_id} no longer runs the channel"
+            if settings is not None and settings.failover:
+                # Started again, like a scenario of a dead node: an agent restart must not lose it.
+                await placement.move(conn, scenario.id, settings, reason=reason, stop_old=False)
+            else:
+                await repo.fail(conn, scenario, reason)
+    return appeared, await _placed_elsewhere(conn, status)
 
 
-async def _assigned_before(conn: Conn, scenario_id: uuid.UUID, seconds: float) -> bool:
-    # A heartbeat assembled just before the agent took the channel must not count as "lost it".
+async def _placed_elsewhere(conn: Conn, status: agent_pb2.AgentStatus) -> list[str]:
+    running = [ch.channel_id for ch in status.channels if ch.channel_id and not _process_gone(ch)]
+    if not running:
+        return []
     cur = await conn.execute(
-        "SELECT 1 FROM workers WHERE scenario_id = %s AND update_time < now() - make_interval(secs => %s)",
-        (scenario_id, seconds),
+        "SELECT s.channel_id FROM scenarios s JOIN workers w ON w.scenario_id = s.id"
+        " WHERE s.channel_id = ANY(%s) AND w.agent_id <> %s ORDER BY s.channel_id",
+        (running, status.agent_id),
+    )
+    return [str(r[0]) for r in await cur.fetchall()]
+
+
+async def _assigned_before(
+    conn: Conn, scenario_id: uuid.UUID, seconds: float, status: agent_pb2.AgentStatus
+) -> bool:
+    # A heartbeat assembled just before the agent took the channel must not count as "lost it", even when we
+    # handle it late (a busy control plane): the report must also be made well after the placement.
+    made = status.report_time.ToDatetime(UTC) if status.HasField("report_time") else None
+    cur = await conn.execute(
+        "SELECT 1 FROM workers WHERE scenario_id = %s AND update_time < now() - make_interval(secs => %s)"
+        " AND (%s::timestamptz IS NULL OR update_time < %s::timestamptz - make_interval(secs => %s))",
+        (scenario_id, seconds, made, made, min(seconds, 1.0)),
     )
     return await cur.fetchone() is not None
 
 
-async def reconcile_dead_agents(conn: Conn, *, agent_timeout_s: float) -> int:
-    """Scenarios on agents silent for longer than the timeout: running ones FAILED, stopping ones INACTIVE."""
+async def reconcile_dead_agents(conn: Conn, settings: ControlSettings) -> int:
+    """Scenarios on agents silent for longer than the timeout: stopping ones INACTIVE; running ones move to
+    another node (``placement``), and so do those of drained nodes."""
     cur = await conn.execute(
         "SELECT w.scenario_id, w.agent_id FROM workers w JOIN agents a USING (agent_id)"
         " JOIN scenarios s ON s.id = w.scenario_id"
-        " WHERE a.last_seen < now() - make_interval(secs => %s) AND s.status = ANY(%s)"
-        " ORDER BY w.scenario_id",
-        (
-            agent_timeout_s,
-            [
-                int(s)
-                for s in (lifecycle.IN_STARTUP_PROCESSING, lifecycle.ACTIVE, lifecycle.IN_SHUTDOWN_PROCESSING)
-            ],
-        ),
+        " WHERE a.last_seen < now() - make_interval(secs => %s) AND s.status = %s ORDER BY w.scenario_id",
+        (settings.agent_timeout_s, int(lifecycle.IN_SHUTDOWN_PROCESSING)),
     )
     changed = 0
     for scenario_id, agent_id in await cur.fetchall():
         scenario = await repo.get(conn, scenario_id, lock=True)
-        if scenario is None:
-            continue
-        if scenario.status_value == lifecycle.IN_SHUTDOWN_PROCESSING:
+        if scenario is not None and scenario.status_value == lifecycle.IN_SHUTDOWN_PROCESSING:
             await finish_stop(conn, scenario, f"decoder agent {agent_id} stopped reporting")
             changed += 1
-        elif await repo.fail(conn, scenario, f"decoder agent {agent_id} stopped reporting"):
-            changed += 1
-    return changed
+    return changed + await placement.reconcile(conn, settings)
 
 
 class AgentSync:
@@ -333,6 +344,11 @@ class AgentSync:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="vap-control-agent-sync")
 
+    def wake_relay(self) -> None:
+        """New outbox rows were written outside the API's scenario calls (a drain): deliver them now."""
+        if self._on_agent_appeared is not None:
+            self._on_agent_appeared()
+
     async def _run(self) -> None:
         nc = await self._bus.wait_connected()
         self._subs = [
@@ -346,11 +362,10 @@ class AgentSync:
                 continue  # we may simply not have heard the heartbeats
             try:
                 async with self._pool.connection() as conn, conn.transaction():
-                    changed = await reconcile_dead_agents(
-                        conn, agent_timeout_s=self._settings.agent_timeout_s
-                    )
+                    changed = await reconcile_dead_agents(conn, self._settings)
                 if changed:
-                    _log.warning("scenarios of silent decoder agents updated", scenarios=changed)
+                    _log.warning("scenarios of silent agents or drained nodes moved", scenarios=changed)
+                    self.wake_relay()
             except Exception:
                 _log.exception("agent reconcile failed")
 
@@ -412,6 +427,20 @@ class AgentSync:
         except Exception:
             _log.exception("applying channel health failed", channel=health.channel_id)
 
+    async def _fence(self, agent_id: str, channel_id: str) -> None:
+        """Stop a channel an agent still runs although the scenario moved to another agent (the agent was
+        cut off longer than the timeout, then came back): sent directly, repeated at every heartbeat until
+        the agent no longer lists the channel."""
+        _log.warning("stopping a channel that moved to another node", agent=agent_id, channel=channel_id)
+        command = agent_pb2.AgentCommand(
+            command_id=str(uuid.uuid4()),
+            agent_id=agent_id,
+            stop_channel=agent_pb2.StopChannel(channel_id=channel_id),
+        )
+        command.create_time.GetCurrentTime()
+        with contextlib.suppress(Exception):
+            await self._bus.nc.publish(subjects.agent_commands(agent_id), command.SerializeToString())
+
     async def _on_status(self, msg: Msg) -> None:
         try:
             status = agent_pb2.AgentStatus.FromString(msg.data)
@@ -426,7 +455,11 @@ class AgentSync:
                     self.latest_health[channel.channel_id] = channel.health
         try:
             async with self._pool.connection() as conn, conn.transaction():
-                appeared = await apply_status(conn, status, agent_timeout_s=self._settings.agent_timeout_s)
+                appeared, elsewhere = await apply_status(
+                    conn, status, agent_timeout_s=self._settings.agent_timeout_s, settings=self._settings
+                )
+            for channel_id in elsewhere:
+                await self._fence(status.agent_id, channel_id)
             if appeared:
                 _log.info("decoder agent available", agent=status.agent_id, max_workers=status.max_workers)
                 if self._on_agent_appeared is not None:

@@ -18,6 +18,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from vap_common.logs import get_logger
+from vap_common.nats_urls import nats_servers
 from vap_control.tasks import cancel_and_wait
 
 _log = get_logger("vap.control.bus")
@@ -82,7 +83,7 @@ class Bus:
         while not self._closing:
             try:
                 self._nc = await nats.connect(
-                    self.url,
+                    nats_servers(self.url),
                     name=self.name,
                     connect_timeout=5,
                     allow_reconnect=True,

@@ -17,7 +17,7 @@ import grpc
 
 from vap_common.logs import get_logger
 from vap_common.redact import redact_text, redact_url
-from vap_control import metrics, queries, validation
+from vap_control import metrics, placement, queries, validation
 from vap_control.agent_sync import AgentSync
 from vap_control.db.pool import Pool
 from vap_control.errors import ControlError, InvalidArgumentError, NotFoundError
@@ -233,6 +233,8 @@ class ControlApi(control_pb2_grpc.ControlServiceServicer):
             scenario = repo.to_proto(row)
             health = scenario.health
             live = self._agents.latest_health.get(row.channel_id)
+            if live is not None and row.agent_id and live.agent_id and live.agent_id != row.agent_id:
+                live = None  # from a node the scenario moved away from
             if live is not None and live.report_time_ns >= health.report_time_ns:
                 health = health_pb2.ChannelHealth()
                 health.CopyFrom(live)
@@ -252,3 +254,23 @@ class ControlApi(control_pb2_grpc.ControlServiceServicer):
             if scenario.HasField("worker"):
                 channel.worker.CopyFrom(scenario.worker)
         return response
+
+    # --- nodes ----------------------------------------------------------------------------------------------
+
+    @unary
+    async def ListNodes(
+        self, request: control_pb2.ListNodesRequest, context: Context
+    ) -> control_pb2.ListNodesResponse:
+        async with self._pool.connection() as conn:
+            nodes = await placement.list_nodes(conn, self._settings, include_dead=request.include_dead)
+        return control_pb2.ListNodesResponse(nodes=nodes)
+
+    @unary
+    async def DrainNode(
+        self, request: control_pb2.DrainNodeRequest, context: Context
+    ) -> control_pb2.DrainNodeResponse:
+        node_id = validation.node_id(request.node_id)
+        async with self._pool.connection() as conn, conn.transaction():
+            node, moved = await placement.drain(conn, self._settings, node_id, undrain=request.undrain)
+        self._agents.wake_relay()
+        return control_pb2.DrainNodeResponse(node=node, moved=moved)

@@ -62,7 +62,12 @@ def event_kind(event: analytics_pb2.AnalyticsEvent) -> int:
 
 
 def _attributes_json(attributes: Iterable[common_pb2.Attribute]) -> str | None:
-    items = [{"name": a.name, "value": a.value, "confidence": round(a.confidence, 6)} for a in attributes]
+    items: list[dict[str, object]] = []
+    for a in attributes:
+        item: dict[str, object] = {"name": a.name, "value": a.value, "confidence": round(a.confidence, 6)}
+        if a.votes:
+            item["votes"] = a.votes
+        items.append(item)
     return json.dumps(items) if items else None
 
 
@@ -221,6 +226,7 @@ async def store(conn: Conn, batch: Batch) -> StoreResult:
             " x1, y1, x2, y2, vx, vy, age, hits, frames_since_update, attributes",
             track_rows,
         )
+        await _upsert_track_attributes(conn, [(key, batch.tracked[key]) for key in new])
     if batch.events:
         result.events = await _insert_events(conn, batch.events)
         result.duplicates += len(batch.events) - result.events
@@ -273,6 +279,46 @@ async def _insert_tracked(conn: Conn, tracked: dict[FrameKey, tracking_pb2.Track
         ],
     )
     return [(r[0], r[1], r[2], r[3], r[4]) for r in await cur.fetchall()]
+
+
+async def _upsert_track_attributes(
+    conn: Conn, frames: Sequence[tuple[FrameKey, tracking_pb2.TrackedFrame]]
+) -> None:
+    """Each track's latest vote per attribute (the newest frame wins, so a redelivered older frame never
+    takes a vote back)."""
+    latest: dict[tuple[uuid.UUID, str, int, str], tuple[int, common_pb2.Attribute]] = {}
+    for (sid, ns, channel, _, _), tracked in frames:
+        for t in tracked.tracks:
+            for a in t.attributes:
+                key = (sid, channel, t.track_id, a.name)
+                if key not in latest or latest[key][0] <= ns:
+                    latest[key] = (ns, a)
+    if not latest:
+        return
+    keys = list(latest)
+    await conn.execute(
+        "INSERT INTO track_attributes (scenario_id, channel_id, track_id, name, value, confidence, votes,"
+        " first_seen_ns, last_seen_ns)"
+        " SELECT u.*, u.ns FROM unnest(%s::uuid[], %s::text[], %s::int8[], %s::text[], %s::text[],"
+        " %s::float4[], %s::int4[], %s::int8[])"
+        " AS u(scenario_id, channel_id, track_id, name, value, confidence, votes, ns)"
+        " WHERE EXISTS (SELECT 1 FROM scenarios s WHERE s.id = u.scenario_id)"
+        " ON CONFLICT (scenario_id, channel_id, track_id, name) DO UPDATE SET"
+        " value = EXCLUDED.value, confidence = EXCLUDED.confidence, votes = EXCLUDED.votes,"
+        " last_seen_ns = EXCLUDED.last_seen_ns,"
+        " first_seen_ns = least(track_attributes.first_seen_ns, EXCLUDED.first_seen_ns)"
+        " WHERE EXCLUDED.last_seen_ns >= track_attributes.last_seen_ns",
+        [
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            [k[3] for k in keys],
+            [latest[k][1].value for k in keys],
+            [latest[k][1].confidence for k in keys],
+            [latest[k][1].votes for k in keys],
+            [latest[k][0] for k in keys],
+        ],
+    )
 
 
 async def _copy(conn: Conn, table: str, columns: str, rows: Sequence[tuple[object, ...]]) -> int:

@@ -28,7 +28,7 @@ from psycopg import AsyncConnection
 
 from vap_common import subjects
 from vap_common.logs import get_logger
-from vap_control import agent_sync, lifecycle, metrics, streams
+from vap_control import agent_sync, lifecycle, metrics, placement, streams
 from vap_control.bus import Bus
 from vap_control.db.pool import Pool
 from vap_control.repo import outbox as outbox_repo
@@ -162,10 +162,17 @@ class OutboxRelay:
                     return delivery
                 agent = row.agent_id
                 if agent is None:
-                    agent = await repo.pick_agent(conn, agent_timeout_s=self._settings.agent_timeout_s)
+                    agent = await placement.pick(conn, scenario, self._settings)
                     if agent is None:
                         await repo.set_reason(
-                            conn, scenario.id, "waiting for a decoder agent with a free slot"
+                            conn,
+                            scenario.id,
+                            "waiting for a decoder agent with a free slot"
+                            + (
+                                f" ({scenario.status_reason})"
+                                if scenario.status_reason.startswith("moving")
+                                else ""
+                            ),
                         )
                         await outbox_repo.retry_later(
                             conn,

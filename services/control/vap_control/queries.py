@@ -16,7 +16,7 @@ from typing import Any
 from vap_control import pagetokens, validation
 from vap_control.errors import InvalidArgumentError
 from vap_control.repo.scenarios import Conn, ScenarioRow
-from vap_proto.v1 import control_pb2, detection_pb2, frame_pb2, tracking_pb2
+from vap_proto.v1 import analytics_pb2, control_pb2, detection_pb2, frame_pb2, tracking_pb2
 
 DEFAULT_PAGE = 100
 FrameKey = tuple[int, str, int, int]  # capture_time_ns, channel, epoch, sequence (within one scenario)
@@ -156,8 +156,14 @@ async def _attach_detections(
             continue  # a frame of the same time range outside this page
         det = fd.detections.add(class_id=class_id, class_name=class_name, confidence=conf)
         det.box.x1, det.box.y1, det.box.x2, det.box.y2 = x1, y1, x2, y2
-        for a in attributes or []:
-            det.attributes.add(name=a["name"], value=a["value"], confidence=a["confidence"])
+        _add_attributes(det, attributes)
+
+
+def _add_attributes(det: detection_pb2.Detection, attributes: list[dict[str, Any]] | None) -> None:
+    for a in attributes or []:
+        det.attributes.add(
+            name=a["name"], value=a["value"], confidence=a["confidence"], votes=a.get("votes", 0)
+        )
 
 
 async def _attach_track_ids(
@@ -170,7 +176,7 @@ async def _attach_track_ids(
     """A track matched in a frame has exactly its detection's box (tracking.proto): match on class and box."""
     cur = await conn.execute(
         "SELECT capture_time_ns, channel_id, stream_epoch, sequence, track_id, global_id, class_id,"
-        " x1, y1, x2, y2 FROM tracks WHERE scenario_id = %s AND capture_time_ns BETWEEN %s AND %s"
+        " x1, y1, x2, y2, attributes FROM tracks WHERE scenario_id = %s AND capture_time_ns BETWEEN %s AND %s"
         " AND frames_since_update = 0 AND state = ANY(%s)",
         (
             scenario_id,
@@ -179,22 +185,24 @@ async def _attach_track_ids(
             [tracking_pb2.TrackState.TRACK_STATE_TENTATIVE, tracking_pb2.TrackState.TRACK_STATE_CONFIRMED],
         ),
     )
-    by_frame: dict[FrameKey, list[tuple[int, int, int, tuple[float, float, float, float]]]] = defaultdict(
-        list
+    by_frame: dict[FrameKey, list[tuple[int, int, int, tuple[float, float, float, float], Any]]] = (
+        defaultdict(list)
     )
-    for ns, channel, epoch, seq, track_id, global_id, class_id, x1, y1, x2, y2 in await cur.fetchall():
-        by_frame[(ns, channel, epoch, seq)].append((track_id, global_id, class_id, (x1, y1, x2, y2)))
+    for ns, channel, epoch, seq, track_id, global_id, class_id, x1, y1, x2, y2, attrs in await cur.fetchall():
+        by_frame[(ns, channel, epoch, seq)].append((track_id, global_id, class_id, (x1, y1, x2, y2), attrs))
     for key, tracks in by_frame.items():
         fd = frames.get(key)
         if fd is None:
             continue
         for det in fd.detections:
             box = (det.box.x1, det.box.y1, det.box.x2, det.box.y2)
-            for track_id, global_id, class_id, tbox in tracks:
+            for track_id, global_id, class_id, tbox, attrs in tracks:
                 if class_id == det.class_id and max(abs(a - b) for a, b in zip(box, tbox, strict=True)) < 0.5:
                     det.track_id = track_id
                     if global_id:
                         det.global_id = global_id
+                    if not det.attributes:  # the track's votes (gender, age group...) when inference had none
+                        _add_attributes(det, attrs)
                     break
 
 
@@ -342,10 +350,50 @@ async def query_counts(
             ic.zone.max_occupancy = agg.max_occupancy
             ic.zone.mean_occupancy = agg.occupancy_ns / interval_ns
             ic.zone.mean_dwell_ms = round(agg.dwell_weighted / agg.exits) if agg.exits else 0
+    if req.split_by_attribute:
+        await _attribute_counts(conn, scenario.id, req.split_by_attribute, page, interval_ns, response)
     if more:
         last_bucket, last_rule_id = page[-1]
         response.next_page_token = pagetokens.encode(req, [last_bucket, last_rule_id])
     return response
+
+
+async def _attribute_counts(
+    conn: Conn,
+    scenario_id: uuid.UUID,
+    name: str,
+    page: list[tuple[int, str]],
+    interval_ns: int,
+    response: control_pb2.QueryCountsResponse,
+) -> None:
+    """The page's events split by their track's latest vote of attribute ``name`` ("unknown" without one)."""
+    lo, hi = page[0][0], page[-1][0] + interval_ns
+    wanted = set(page)
+    cur = await conn.execute(
+        "SELECT e.event_time_ns - e.event_time_ns %% %s, e.rule_id, e.kind, e.payload, ta.value"
+        " FROM events e LEFT JOIN track_attributes ta ON ta.scenario_id = e.scenario_id"
+        " AND ta.channel_id = e.channel_id AND ta.track_id = e.track_id AND ta.name = %s"
+        " WHERE e.scenario_id = %s AND e.event_time_ns >= %s AND e.event_time_ns < %s"
+        " AND e.rule_id = ANY(%s)",
+        (interval_ns, name, scenario_id, lo, hi, sorted({r for _, r in page})),
+    )
+    counts: dict[tuple[int, str, int, int, str], int] = defaultdict(int)
+    for bucket, rule_id, kind, payload, value in await cur.fetchall():
+        if (int(bucket), rule_id) not in wanted:
+            continue
+        direction = 0
+        if kind == analytics_pb2.EVENT_KIND_LINE_CROSSING:
+            direction = analytics_pb2.AnalyticsEvent.FromString(payload).line_crossing.direction
+        counts[(int(bucket), rule_id, int(kind), direction, value or "unknown")] += 1
+    for (bucket, rule_id, kind, direction, value), n in sorted(counts.items()):
+        response.attribute_counts.add(
+            rule_id=rule_id,
+            interval_start_ns=bucket,
+            kind=kind,
+            direction=direction,
+            value=value,
+            count=n,
+        )
 
 
 async def _aggregate(

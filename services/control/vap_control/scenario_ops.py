@@ -11,7 +11,7 @@ from google.protobuf import field_mask_pb2
 
 from vap_common.logs import get_logger
 from vap_common.redact import redact_url
-from vap_control import lifecycle, pagetokens, validation
+from vap_control import lifecycle, pagetokens, placement, validation
 from vap_control.db.pool import Pool
 from vap_control.errors import (
     AbortedError,
@@ -26,12 +26,12 @@ from vap_control.repo import outbox as outbox_repo
 from vap_control.repo import scenarios as repo
 from vap_control.repo.scenarios import Conn, ScenarioRow
 from vap_control.settings import ControlSettings
-from vap_proto.v1 import agent_pb2, control_pb2, scenario_pb2
+from vap_proto.v1 import control_pb2, scenario_pb2
 
 _log = get_logger("vap.control.scenarios")
 
 # Top-level settings fields: what an empty update mask replaces.
-MUTABLE_FIELDS = ("name", "source", "pipeline", "analytics", "labels")
+MUTABLE_FIELDS = ("name", "source", "pipeline", "analytics", "labels", "node_selector")
 OUTPUT_ONLY = frozenset(
     {
         "id",
@@ -46,7 +46,7 @@ OUTPUT_ONLY = frozenset(
     }
 )
 # What may change while the scenario is not INACTIVE/FAILED (control.proto, UpdateScenarioRequest).
-LIVE_FIELDS = ("name", "labels", "analytics")
+LIVE_FIELDS = ("name", "labels", "analytics", "node_selector")
 LIVE_PIPELINE_FIELDS = frozenset({"confidence_threshold", "class_ids", "class_names", "dataset"})
 DEFAULT_PAGE = 50
 
@@ -82,33 +82,14 @@ class ScenarioOps:
             )
 
     async def _enqueue_start(self, conn: Conn, row: ScenarioRow) -> None:
-        if row.agent_id is not None:
-            # A failed run left a placement behind (its process may still exist, e.g. after ALREADY_EXISTS):
-            # stop it there first; the outbox keeps the order, so the new start cannot overtake the stop.
-            await outbox_repo.enqueue_stop(conn, row.id, self._stop_command(row), row.agent_id)
-        await repo.apply_path(conn, row, [lifecycle.INIT_STARTUP], clear_health=True)
-        await repo.bump_revision(conn, row)
-        await outbox_repo.enqueue_config(conn, self._config(row, active=True))
-        source = row.spec_proto().source
-        source.url = row.source_url
-        start = agent_pb2.StartChannel(channel_id=row.channel_id, scenario_id=str(row.id), source=source)
-        await outbox_repo.enqueue_start(conn, row.id, start)
+        await placement.enqueue_start(conn, row, self._settings)
 
     async def _enqueue_stop(self, conn: Conn, row: ScenarioRow) -> None:
         await outbox_repo.cancel_pending_starts(conn, row.id)
         await repo.bump_revision(conn, row)
-        await outbox_repo.enqueue_config(conn, self._config(row, active=False))
-        await outbox_repo.enqueue_stop(conn, row.id, self._stop_command(row), row.agent_id)
-
-    def _stop_command(self, row: ScenarioRow) -> agent_pb2.StopChannel:
-        stop = agent_pb2.StopChannel(channel_id=row.channel_id)
-        if self._settings.stop_grace_s is not None:
-            stop.grace_period.FromNanoseconds(round(self._settings.stop_grace_s * 1e9))
-        return stop
-
-    def _config(self, row: ScenarioRow, *, active: bool) -> scenario_pb2.ScenarioConfig:
-        return repo.scenario_config(
-            row, active=active, default_count_interval_s=self._settings.default_count_interval_s
+        await outbox_repo.enqueue_config(conn, placement.scenario_config(row, self._settings, active=False))
+        await outbox_repo.enqueue_stop(
+            conn, row.id, placement.stop_command(row, self._settings), row.agent_id
         )
 
     # --- use cases ------------------------------------------------------------------------------------------
@@ -217,7 +198,9 @@ class ScenarioOps:
                 await outbox_repo.cancel_pending_starts(conn, row.id)
                 if row.status_value == lifecycle.FAILED:  # consumers may still hold its settings
                     await repo.bump_revision(conn, row)
-                    await outbox_repo.enqueue_config(conn, self._config(row, active=False))
+                    await outbox_repo.enqueue_config(
+                        conn, placement.scenario_config(row, self._settings, active=False)
+                    )
             await repo.delete(conn, scenario_id)
         _log.info("scenario deleted", scenario=str(scenario_id))
 
@@ -257,7 +240,9 @@ class ScenarioOps:
             row = await self._locked(conn, scenario_id)
             if row.status_value in lifecycle.RUNNING:
                 # Rule and threshold changes reach the running pipeline as a new ScenarioConfig revision.
-                await outbox_repo.enqueue_config(conn, self._config(row, active=True))
+                await outbox_repo.enqueue_config(
+                    conn, placement.scenario_config(row, self._settings, active=True)
+                )
         return repo.to_proto(row)
 
 

@@ -67,6 +67,11 @@ class ControlSettings(ServiceSettings):
     # --- decoder agents -------------------------------------------------------------------------------------
     # An agent without a heartbeat for this long (while we are connected to NATS) is considered gone.
     agent_timeout_s: float = Field(default=10.0, gt=0)
+    # Scenarios of an agent silent for agent_timeout_s move to another node (True), or fail (False).
+    failover: bool = True
+    # Replicas of the JetStream streams control creates (results inbox, scenario configs): 3 on a
+    # three-server NATS cluster, so losing one server stops nothing.
+    stream_replicas: int = Field(default=1, ge=1, le=5)
     reconcile_s: float = Field(default=2.0, gt=0)
     # Channel health is written to the scenario row on every state change and at most this often otherwise.
     health_persist_s: float = Field(default=5.0, gt=0)

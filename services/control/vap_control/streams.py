@@ -46,6 +46,7 @@ def results_stream_config(settings: ControlSettings) -> StreamConfig:
         max_age=settings.inbox_max_age_s,
         max_bytes=settings.inbox_max_bytes,
         discard=DiscardPolicy.OLD,
+        num_replicas=settings.stream_replicas,
     )
 
 
@@ -70,6 +71,7 @@ def config_stream_config(settings: ControlSettings) -> StreamConfig:
         storage=StorageType.FILE,
         max_msgs_per_subject=1,
         discard=DiscardPolicy.OLD,
+        num_replicas=settings.stream_replicas,
     )
 
 

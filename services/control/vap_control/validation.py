@@ -266,6 +266,15 @@ def scenario(
     pipeline(s.pipeline, f"{field}.pipeline", known_models=known_models)
     analytics(s.analytics, f"{field}.analytics")
     labels(s.labels, f"{field}.labels")
+    labels(s.node_selector, f"{field}.node_selector")
+
+
+def node_id(value: str, field: str = "node_id") -> str:
+    if not value:
+        raise _fail(field, "must not be empty")
+    if len(value) > 253:
+        raise _fail(field, "at most 253 characters")
+    return value
 
 
 def client_request_id(value: str) -> None:

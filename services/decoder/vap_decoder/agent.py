@@ -46,6 +46,7 @@ from vap_proto.v1.agent_pb2 import (
     StopChannel,
 )
 from vap_proto.v1.health_pb2 import ChannelHealth
+from vap_proto.v1.nodes_pb2 import NodeCapacity
 
 _log = get_logger("vap.decoder.agent")
 _T = TypeVar("_T")
@@ -102,6 +103,7 @@ class DecoderAgent:
             "decoder agent ready",
             commands=subjects.agent_commands(self.agent_id),
             max_workers=self.settings.max_workers,
+            node=self.settings.node_id or socket.gethostname(),
         )
 
     async def close(self) -> None:
@@ -281,14 +283,26 @@ class DecoderAgent:
         )
         await self._publish_health(health)
 
+    def capacity(self) -> NodeCapacity:
+        """Node registration: what this node offers the control plane's placement."""
+        s = self.settings
+        return NodeCapacity(
+            max_channels=s.max_workers,
+            backend=s.node_backend,
+            models=s.node_models,
+            labels=s.node_labels,
+            shm_prefix=s.ring_prefix,
+        )
+
     def status(self) -> AgentStatus:
         status = AgentStatus(
             agent_id=self.agent_id,
-            node_id=socket.gethostname(),
+            node_id=self.settings.node_id or socket.gethostname(),
             pid=os.getpid(),
             max_workers=self.settings.max_workers,
             channels=[sup.describe() for sup in self.channels.values()],
             version=vap_decoder.__version__,
+            capacity=self.capacity(),
         )
         status.report_time.GetCurrentTime()
         return status

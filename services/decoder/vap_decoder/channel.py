@@ -105,7 +105,7 @@ class ChannelRunner:
         self.settings = settings
         self.channel_id = start.channel_id
         self._publisher = publisher
-        self._frames_subject = subjects.frames(start.channel_id)
+        self._frames_subject = subjects.frames(start.channel_id, settings.node_id)
         self._health_subject = subjects.channel_health(start.channel_id)
         self.health = HealthTracker(
             start.channel_id,
@@ -122,6 +122,7 @@ class ChannelRunner:
             pixel_format=spec.pixel_format,
             resize=resize,
             slots=spec.ring_slots or settings.ring_slots,
+            name_prefix=settings.ring_prefix,
         )
         self.sampler = FrameSampler(spec.target_fps if spec.HasField("target_fps") else None)
         self.backoff = Backoff(settings.backoff_initial_s, _seconds(spec.backoff_max, settings.backoff_max_s))

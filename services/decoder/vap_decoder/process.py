@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -56,8 +57,10 @@ def child_environment(settings: DecoderSettings, base: Mapping[str, str] | None 
     """Environment for a decoder process: ``base`` (default: ours) plus the agent's resolved settings."""
     env = dict(os.environ if base is None else base)
     env.pop("VAP_CONFIG", None)  # the values below are already resolved from it
-    for name, value in settings.model_dump(exclude={"nats_url", "database_url"}).items():
-        env[f"VAP_DECODER_{name.upper()}"] = str(value)
+    for name, value in settings.model_dump(exclude={"nats_url", "database_url"}, mode="json").items():
+        # Lists and mappings as JSON, the form the settings parser reads them back in.
+        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        env[f"VAP_DECODER_{name.upper()}"] = text
     if settings.nats_url:
         env["NATS_URL"] = settings.nats_url
     return env

@@ -187,8 +187,10 @@ class RingSink:
         pixel_format: PixelFormat.ValueType = DEFAULT_FORMAT,
         resize: tuple[int, int] | None = None,
         slots: int = 8,
+        name_prefix: str = "",
     ) -> None:
         self.channel_id = channel_id
+        self.name_prefix = name_prefix
         self.scenario_id = scenario_id
         self.pixel_format = pixel_format if pixel_format != PixelFormat.PIXEL_FORMAT_UNSPECIFIED else I420
         self.resize = resize
@@ -207,7 +209,12 @@ class RingSink:
         if self.ring is None or (self.ring.geometry.width, self.ring.geometry.height) != out:
             self.close()  # our own writer lock must go before the name can be created again
             self.ring = RingWriter.create(
-                self.channel_id, width=out[0], height=out[1], pixel_format=self.pixel_format, slots=self.slots
+                self.channel_id,
+                width=out[0],
+                height=out[1],
+                pixel_format=self.pixel_format,
+                slots=self.slots,
+                name_prefix=self.name_prefix,
             )
             self.rings_created += 1
         self._writer = writer

@@ -15,6 +15,7 @@ import nats
 
 from vap_common.embedded import EmbeddedServers
 from vap_common.logs import get_logger
+from vap_common.nats_urls import nats_servers
 from vap_common.redact import redact_url
 from vap_common.runtime import ServiceRuntime
 from vap_decoder.agent import DecoderAgent
@@ -38,7 +39,7 @@ async def run_agent(settings: DecoderSettings) -> None:
             if removed:
                 _log.info("removed stale rings", rings=removed)
             nc = await nats.connect(
-                nats_url,
+                nats_servers(nats_url),
                 name=f"decoder-agent-{settings.agent_id}",
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,

@@ -29,6 +29,18 @@ class DecoderSettings(ServiceSettings):
 
     # --- agent ------------------------------------------------------------------------------------------
     agent_id: str = Field(default_factory=_default_agent_id, min_length=1)
+    # --- node (scale-out) -------------------------------------------------------------------------------
+    # Node id reported to the control plane; "" = single node: AgentStatus says the host name and frames go
+    # on vap.frames.<channel>. Set (with the same id for the node's inference service), frames go on
+    # vap.frames.<channel>.<node> and only that node's inference service reads them.
+    node_id: str = ""
+    # Prefix of this node's ring names ("" = the node id): two nodes on one machine never share a ring.
+    shm_prefix: str = ""
+    # Node registration, reported with every heartbeat: labels scenarios select nodes by, and the inference
+    # backend and models of the node's inference service (empty = any model).
+    node_labels: dict[str, str] = Field(default_factory=dict)
+    node_backend: str = ""
+    node_models: list[str] = Field(default_factory=list)
     # MAX_WORKERS: the most decoder processes the agent runs at once; a start beyond it is refused.
     max_workers: int = Field(default=16, ge=1)
     # AgentStatus heartbeat period.
@@ -59,3 +71,8 @@ class DecoderSettings(ServiceSettings):
     live_thread_type: ThreadType = "SLICE"
     # 0 = FFmpeg picks (cores + 1 for frame threading).
     decode_threads: int = Field(default=0, ge=0)
+
+    @property
+    def ring_prefix(self) -> str:
+        """Prefix of this node's ring names ("" on a single node)."""
+        return self.shm_prefix or self.node_id

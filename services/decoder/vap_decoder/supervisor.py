@@ -54,7 +54,7 @@ class ChannelSupervisor:
         self.channel_id = start.channel_id
         self.spec_bytes = start.SerializeToString(deterministic=True)
         self.settings = settings
-        self.ring = ring_name(start.channel_id)
+        self.ring = ring_name(start.channel_id, settings.ring_prefix)
         self.ring_slots = start.source.ring_slots or settings.ring_slots
         self.redacted_url = redact_url(start.source.url)
         self.start_time = Timestamp()

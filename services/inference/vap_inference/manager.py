@@ -16,8 +16,8 @@ from vap_inference.backends.base import Backend, BackendError
 from vap_inference.backends.onnxruntime import OrtBackend
 from vap_inference.detector import Detector
 from vap_inference.errors import ModelVerificationError, UnknownModelError
+from vap_inference.models.derived import locate_model
 from vap_inference.models.registry import BUILTIN_MODELS, ModelKind, ModelSpec, yolo_spec
-from vap_inference.models.verify import verify_file
 from vap_inference.preprocess import Layout
 from vap_inference.settings import InferenceSettings
 from vap_proto.v1 import inference_pb2
@@ -76,10 +76,9 @@ class ModelManager:
         return detector
 
     def _load(self, spec: ModelSpec) -> Detector:
-        path = spec.resolve_path(self.models_dir)
-        # The hash of the reference conversion is checked by the fetch command; here any file that passes
-        # the signature and probe checks is used (a local re-conversion may differ in its last bits).
-        sha = verify_file(spec, path, check_hash=False)
+        # Shipped/user models from the models directory; derived ones (INT8) from their cache, built there
+        # on a miss (models/derived.py).
+        path, sha = locate_model(spec, self.models_dir)
         s = self.settings
         ort_backend = self._ort(path)
         backend: Backend = ort_backend

@@ -13,7 +13,8 @@ FRAMES_DROPPED = Counter(
     "vap_inference_frames_dropped",
     "Frames not inferred or whose results were discarded. reason: superseded (a newer frame of the channel "
     "arrived first), stale (older than the staleness bound), overwritten (the ring slot was rewritten "
-    "before or during inference), error (unreadable ring, failed inference), model_unavailable",
+    "before or during inference), error (unreadable ring, failed inference), model_unavailable, "
+    "malformed (a message that is not a FrameRef; model label empty)",
     ["model", "reason"],
 )
 BATCH_SIZE = Histogram(

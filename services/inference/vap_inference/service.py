@@ -1,6 +1,7 @@
 """The bus side of the inference service: FrameRefs in, FrameDetections out.
 
-    vap.frames.*            FrameRef        -> one AsyncBatcher per model (freshest frame per channel)
+    vap.frames.*            FrameRef        -> one AsyncBatcher per model (freshest frame per channel);
+                                               vap.frames.*.<node> with settings.node_id (multi-node)
     vap.scenario.*.config   ScenarioConfig  -> per-scenario model, threshold, class filter, NMS IoU
     vap.detections.<ch>     FrameDetections <- published per inferred frame
 
@@ -89,10 +90,11 @@ class InferenceService:
                 self._on_config(subject, payload)
             except DecodeError:
                 _log.warning("undecodable stored scenario config", subject=subject)
-        await self._bus.subscribe(subjects.all_frames(), self._on_frame, queue=self.settings.queue_group)
+        frames = subjects.all_frames(self.settings.node_id)
+        await self._bus.subscribe(frames, self._on_frame, queue=self.settings.queue_group)
         _log.info(
             "inference service subscribed",
-            frames=subjects.all_frames(),
+            frames=frames,
             model=self.manager.default_name,
             stored_configs=len(stored),
         )
@@ -111,7 +113,12 @@ class InferenceService:
     # --- bus handlers (inline on the receive path: parse, enqueue, return) ----------------------------------
 
     def _on_frame(self, subject: str, payload: bytes) -> None:
-        ref = frame_pb2.FrameRef.FromString(payload)
+        try:
+            ref = frame_pb2.FrameRef.FromString(payload)
+        except DecodeError:
+            # Not a FrameRef (a foreign or forged publisher): counted, never a traceback per message.
+            self._drop("", "malformed")
+            return
         model = self._model_for(ref.scenario_id)
         if model is None:
             self.counters["unknown_model"] += 1

@@ -60,6 +60,10 @@ class InferenceSettings(ServiceSettings):
     # NATS queue group for the FrameRef subscription ("" = none: every inference service on the host sees
     # every frame).
     queue_group: str = ""
+    # Node this service belongs to ("" = single node: every channel's frames). Set to the node id of the
+    # decoder agent on the same host: only that node's frames (vap.frames.*.<node>) are read, since rings
+    # are host-local.
+    node_id: str = ""
     max_detections: int = Field(default=300, ge=1)
 
     # gRPC Detect limits.

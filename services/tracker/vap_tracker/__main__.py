@@ -14,6 +14,8 @@ from pathlib import Path
 from vap_common import aio
 from vap_common.runtime import ServiceRuntime
 from vap_common.settings import SettingsError
+from vap_inference.models.packaged import PackagedModelError
+from vap_tracker.attributes.classifier import ClassifierLoadError
 from vap_tracker.bus import NatsBus
 from vap_tracker.service import TrackerService
 from vap_tracker.settings import TrackerServiceSettings
@@ -24,8 +26,14 @@ async def run(settings: TrackerServiceSettings) -> int:
         if not settings.nats_url:
             print("NATS_URL is not set: the tracker needs the NATS server the pipeline uses", file=sys.stderr)
             return 2
+        service = TrackerService(settings)
+        try:
+            service.load_attribute_classifiers()
+        except (ClassifierLoadError, PackagedModelError, ValueError) as exc:
+            print(f"tracker.attributes: {exc}", file=sys.stderr)
+            return 2
         bus = await NatsBus.connect(settings.nats_url)
-        service = TrackerService(settings, bus)
+        service.bus = bus
         try:
             await service.start()
             await runtime.set_serving(True)

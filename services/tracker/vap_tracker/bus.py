@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from vap_common.nats_urls import nats_servers
 from vap_common.scenario_configs import fetch_latest_scenario_configs
 
 Handler = Callable[[str, bytes], Awaitable[None]]
@@ -38,7 +39,11 @@ class NatsBus:
     async def connect(cls, url: str, *, name: str = "vap-tracker") -> NatsBus:
         import nats
 
-        return cls(await nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5))
+        return cls(
+            await nats.connect(
+                nats_servers(url), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+            )
+        )
 
     async def subscribe(self, subject: str, handler: Handler) -> None:
         async def callback(msg: Any) -> None:

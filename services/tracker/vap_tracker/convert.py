@@ -35,7 +35,10 @@ def detection_arrays(
 
 
 def tracks_to_proto(
-    t: FrameTracks, class_names: Mapping[int, str], global_ids: Mapping[int, int]
+    t: FrameTracks,
+    class_names: Mapping[int, str],
+    global_ids: Mapping[int, int],
+    attributes: Mapping[int, list[common_pb2.Attribute]] | None = None,
 ) -> list[tracking_pb2.Track]:
     out = []
     for k, tid in enumerate(t.track_id.tolist()):
@@ -56,6 +59,7 @@ def tracks_to_proto(
                 hits=int(t.hits[k]),
                 frames_since_update=int(t.frames_since_update[k]),
                 merged_into_track_id=int(t.merged_into[k]),
+                attributes=attributes.get(tid, ()) if attributes else (),
             )
         )
     return out

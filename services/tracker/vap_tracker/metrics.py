@@ -17,6 +17,12 @@ REID_CROPS = Counter(
     "ReID crops by outcome (embedded, stale: slot overwritten before copy; skipped_busy: batches not sent)",
     ["outcome"],
 )
+ATTRIBUTE_CROPS = Counter(
+    "vap_tracker_attribute_crops_total",
+    "Attribute crops by outcome (classified; no_face: no usable face in it; stale: slot overwritten before"
+    " copy; skipped_busy: batches not sent)",
+    ["outcome"],
+)
 REATTACHED = Counter("vap_tracker_reid_reattached_total", "Tracks re-attached by ReID", ["channel"])
 BAD_MESSAGES = Counter(
     "vap_tracker_bad_messages_total", "Messages that could not be parsed", ["subject_kind"]

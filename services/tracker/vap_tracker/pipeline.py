@@ -2,7 +2,8 @@
 AnalyticsEvents and IntervalCounts out; ScenarioConfig applied at any time.
 
 Order per frame: track (synchronous, sub-millisecond), ReID bookkeeping (harvest finished embeddings,
-re-attachments, submit this frame's crops to the worker: never waits), analytics on the tracks.
+re-attachments, submit this frame's crops to the worker: never waits), attribute votes (the same way:
+attributes/stage.py), analytics on the tracks.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from vap_proto.v1 import analytics_pb2, detection_pb2, scenario_pb2, tracking_pb2
 from vap_tracker.analytics.engine import AnalyticsEngine, TrackView
+from vap_tracker.attributes.stage import AttributeConfig, AttributeStage, Classifiers
 from vap_tracker.bytetrack import ChannelTracker, FrameTracks, TrackerConfig
 from vap_tracker.convert import detection_arrays, tracks_to_proto
 from vap_tracker.reid.embedder import Embedder
@@ -58,6 +60,15 @@ class ReidResources:
     gallery_for: Callable[[str], SiteGallery]  # site id -> that site's gallery (created on demand)
 
 
+@dataclass(frozen=True)
+class AttributeResources:
+    """What a channel needs to run the attribute stage, owned by the service and shared by its channels."""
+
+    config: AttributeConfig
+    # The loaded classifiers and their worker, created on first use.
+    runtime: Callable[[], tuple[Classifiers, cf.Executor]]
+
+
 def relabel(tracks: FrameTracks, merges: list[tuple[int, int]]) -> FrameTracks:
     """This frame's tracks as if the re-attachments had happened before it: each young track's row carries
     the old id, and the old track's (LOST, predicted) row is dropped. The young id's end is reported with
@@ -81,6 +92,7 @@ class ChannelPipeline:
         channel_id: str,
         base_config: TrackerConfig,
         reid: ReidResources | None = None,
+        attributes: AttributeResources | None = None,
     ) -> None:
         self.scenario_id = scenario_id
         self.channel_id = channel_id
@@ -92,6 +104,10 @@ class ChannelPipeline:
         self.enabled = True
         self._reid_resources = reid
         self.reid: ReidManager | None = None
+        self.attributes: AttributeStage | None = None
+        if attributes is not None:
+            classifiers, executor = attributes.runtime()
+            self.attributes = AttributeStage(channel_id, classifiers, executor, attributes.config)
 
     # ------------------------------------------------------------------------------------------------
     def apply(self, config: scenario_pb2.ScenarioConfig) -> list[analytics_pb2.IntervalCounts]:
@@ -139,12 +155,16 @@ class ChannelPipeline:
             if merges:
                 tracks = relabel(tracks, merges)
             global_ids = self.reid.global_ids()
+        attributes = None
+        if self.attributes is not None:
+            self.attributes.after_frame(tracks, self.class_names, frame, self.tracker.time_s)
+            attributes = self.attributes.attribute_map()
         view = TrackView(tracks, self.class_names, global_ids)
         frame_events, counts = self.analytics.process(info, view)
         events += frame_events
         tracked = tracking_pb2.TrackedFrame(
             frame=info,
-            tracks=tracks_to_proto(tracks, self.class_names, global_ids),
+            tracks=tracks_to_proto(tracks, self.class_names, global_ids, attributes),
             inference=fd.stats,
             tracking_us=int((time.perf_counter() - start) * 1e6),
             publish_time_ns=time.time_ns(),
@@ -156,4 +176,7 @@ class ChannelPipeline:
         if self.reid is not None:
             self.reid.close()
             self.reid = None
+        if self.attributes is not None:
+            self.attributes.close()
+            self.attributes = None
         return self.analytics.close()

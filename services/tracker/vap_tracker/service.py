@@ -21,12 +21,14 @@ from vap_common.logs import get_logger
 from vap_proto.v1 import analytics_pb2, detection_pb2, scenario_pb2, tracking_pb2
 from vap_shmring import ReaderPool
 from vap_tracker import metrics
+from vap_tracker.attributes.stage import Classifiers
 from vap_tracker.bus import Bus
-from vap_tracker.pipeline import ChannelPipeline, PipelineOutput, ReidResources
+from vap_tracker.pipeline import AttributeResources, ChannelPipeline, PipelineOutput, ReidResources
 from vap_tracker.reid.embedder import Embedder, make_embedder
 from vap_tracker.reid.frames import FrameImage, RingFrame
 from vap_tracker.reid.gallery import SiteGallery
 from vap_tracker.settings import TrackerServiceSettings
+from vap_tracker.sharding import ShardMember
 
 _log = get_logger("vap.tracker")
 Outgoing = list[tuple[str, bytes]]
@@ -47,13 +49,20 @@ class TrackerService:
         *,
         embedder: Embedder | None = None,
         frame_pool: ReaderPool | None = None,
+        classifiers: Classifiers | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
         self.pipelines: dict[str, ChannelPipeline] = {}  # by channel id
         self._revisions: dict[str, int] = {}  # latest ScenarioConfig revision seen, by scenario id
+        # Sharded: the latest config of every channel (also those another tracker tracks now), applied when
+        # this tracker takes a channel over.
+        self._configs: dict[str, scenario_pb2.ScenarioConfig] = {}
+        self.shard: ShardMember | None = None
         self._embedder = embedder
         self._reid: _Reid | None = None
+        self._classifiers = classifiers
+        self._attr_executor: cf.ThreadPoolExecutor | None = None
         self._pool = frame_pool if frame_pool is not None else ReaderPool()
         self._channels = frozenset(settings.channels)
         self._base = settings.tracker.config()
@@ -61,6 +70,11 @@ class TrackerService:
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         assert self.bus is not None, "start() needs a bus"
+        if self.settings.shard.enabled:
+            s = self.settings.shard
+            self.shard = ShardMember(self.bus, s.tracker_id, heartbeat_s=s.heartbeat_s, timeout_s=s.timeout_s)
+            self.shard.channels = lambda: len(self.pipelines)
+            await self.shard.start()
         await self.bus.subscribe(subjects.all_scenario_configs(), self._on_config)
         if self._channels:
             for channel in sorted(self._channels):
@@ -76,6 +90,8 @@ class TrackerService:
         _log.info("tracker subscribed", channels=sorted(self._channels) or "all", stored_configs=len(stored))
 
     async def stop(self) -> None:
+        if self.shard is not None:
+            await self.shard.stop()  # "leaving": the others take our channels at once
         out: Outgoing = []
         for channel, pipe in list(self.pipelines.items()):
             out += self._counts_out(channel, pipe.close())
@@ -87,6 +103,9 @@ class TrackerService:
         if self._reid is not None:
             self._reid.executor.shutdown(wait=True, cancel_futures=True)
             self._reid = None
+        if self._attr_executor is not None:
+            self._attr_executor.shutdown(wait=True, cancel_futures=True)
+            self._attr_executor = None
         self._pool.close()
 
     async def _on_config(self, subject: str, payload: bytes) -> None:
@@ -114,6 +133,11 @@ class TrackerService:
         if config.revision <= self._revisions.get(config.scenario_id, -1):
             return []  # an older (or repeated) revision: the one we hold is newer
         self._revisions[config.scenario_id] = config.revision
+        if self.shard is not None:
+            self._configs[channel] = config
+            if not self.shard.owns(channel):
+                self.pipelines.pop(channel, None)  # tracked elsewhere now; its counts are published there
+                return []
         pipe = self.pipelines.get(channel)
         if not config.active:
             if pipe is None:
@@ -147,13 +171,20 @@ class TrackerService:
         channel = fd.frame.channel_id
         if not channel or (self._channels and channel not in self._channels):
             return []
+        if self.shard is not None and not self.shard.owns(channel):
+            if self.pipelines.pop(channel, None) is not None:
+                _log.info("channel handed to another tracker", channel=channel)
+            return []
         pipe = self.pipelines.get(channel)
         if pipe is None:
             pipe = self.pipelines[channel] = self._new_pipeline(fd.frame.scenario_id, channel)
+            config = self._configs.get(channel)
+            if config is not None and config.active and config.scenario_id == fd.frame.scenario_id:
+                pipe.apply(config)  # taken over: the scenario's rules as the previous tracker had them
         if not pipe.enabled:
             return []
         frame: FrameImage | None = None
-        if pipe.reid is not None and fd.HasField("frame_ref"):
+        if (pipe.reid is not None or pipe.attributes is not None) and fd.HasField("frame_ref"):
             frame = RingFrame(self._pool, fd.frame_ref)
         result = pipe.process(fd, frame)
         self._observe(channel, pipe, result)
@@ -162,7 +193,25 @@ class TrackerService:
     # -- helpers ---------------------------------------------------------------------------------------
     def _new_pipeline(self, scenario_id: str, channel: str) -> ChannelPipeline:
         _log.info("channel started", scenario=scenario_id, channel=channel)
-        return ChannelPipeline(scenario_id, channel, self._base, self._reid_resources())
+        attributes = None
+        if self.settings.attributes.enabled:
+            attributes = AttributeResources(self.settings.attributes.config(), self._attribute_runtime)
+        return ChannelPipeline(scenario_id, channel, self._base, self._reid_resources(), attributes)
+
+    def _attribute_runtime(self) -> tuple[Classifiers, cf.Executor]:
+        """Classifiers and their worker, loaded for the first channel (a bad classifier file raises
+        ClassifierLoadError naming it; ``load_attribute_classifiers`` does it at start)."""
+        if self._classifiers is None:
+            self._classifiers = self.settings.attributes.load()
+            _log.info("attribute classifiers ready", classifiers=self._classifiers.names)
+        if self._attr_executor is None:
+            self._attr_executor = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vap-attributes")
+        return self._classifiers, self._attr_executor
+
+    def load_attribute_classifiers(self) -> None:
+        """Load the configured classifiers now (at start), so a bad file stops the service at once."""
+        if self.settings.attributes.enabled:
+            self._attribute_runtime()
 
     def _reid_resources(self) -> ReidResources:
         return ReidResources(
@@ -205,6 +254,12 @@ class TrackerService:
             metrics.REID_CROPS.labels("stale").inc(delta.crops_stale)
             metrics.REID_CROPS.labels("skipped_busy").inc(delta.batches_skipped_busy)
             metrics.REATTACHED.labels(channel).inc(delta.reattached)
+        if pipe.attributes is not None:
+            a = pipe.attributes.take_stats()
+            metrics.ATTRIBUTE_CROPS.labels("classified").inc(a.crops_classified)
+            metrics.ATTRIBUTE_CROPS.labels("stale").inc(a.crops_stale)
+            metrics.ATTRIBUTE_CROPS.labels("no_face").inc(a.crops_without_face)
+            metrics.ATTRIBUTE_CROPS.labels("skipped_busy").inc(a.batches_skipped_busy)
         for event in result.events:
             metrics.EVENTS.labels(channel, event.WhichOneof("kind") or "").inc()
 

@@ -6,6 +6,8 @@ AnalyticsSettings) overrides them per channel while it runs.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -13,6 +15,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from vap_common.settings import ServiceSettings
+from vap_tracker.attributes.settings import AttributeDefaults
 from vap_tracker.bytetrack import TrackerConfig
 from vap_tracker.reid.manager import ReidConfig
 
@@ -67,11 +70,32 @@ class ReidDefaults(BaseModel):
         )
 
 
+def _default_tracker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ShardSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    # Off: this tracker tracks every channel it hears (or `channels`), as a single tracker does.
+    enabled: bool = False
+    # Unique among the trackers of a deployment (default: host name and pid).
+    tracker_id: str = Field(default_factory=_default_tracker_id, min_length=1)
+    # TrackerStatus heartbeat period, and the silence after which a tracker's channels are taken over.
+    heartbeat_s: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=4.0, gt=0)
+
+
 class TrackerServiceSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VAP_TRACKER_", env_nested_delimiter="__", extra="forbid")
     yaml_section: ClassVar[str] = "tracker"
 
     # Channels this process tracks; empty = every channel (one tracker process for the whole fleet).
     channels: list[str] = Field(default_factory=list)
+    # Sharding between several tracker processes (vap_tracker.sharding): each tracks about 1/n of the
+    # channels and takes over the channels of a tracker that stops or dies.
+    shard: ShardSettings = Field(default_factory=ShardSettings)
     tracker: TrackerDefaults = Field(default_factory=TrackerDefaults)
     reid: ReidDefaults = Field(default_factory=ReidDefaults)
+    # Secondary classifiers (gender, age group, user ONNX) on crops of confirmed tracks.
+    attributes: AttributeDefaults = Field(default_factory=AttributeDefaults)

@@ -9,13 +9,14 @@ scenario before touching its outbox rows, so lock order is the same everywhere a
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeAlias
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow, class_row
+from psycopg.types.json import Jsonb
 
 from vap_common.redact import redact_text, redact_url
 from vap_control import lifecycle
@@ -68,6 +69,7 @@ def settings_only(scenario: scenario_pb2.Scenario) -> scenario_pb2.Scenario:
     spec.pipeline.CopyFrom(scenario.pipeline)
     spec.analytics.CopyFrom(scenario.analytics)
     spec.labels.update(scenario.labels)
+    spec.node_selector.update(scenario.node_selector)
     return spec
 
 
@@ -367,26 +369,39 @@ async def release_worker(conn: Conn, scenario_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM workers WHERE scenario_id = %s", (scenario_id,))
 
 
-async def pick_agent(conn: Conn, *, agent_timeout_s: float, exclude: Sequence[str] = ()) -> str | None:
-    """A live agent with a free decoder slot, least loaded first (placements count as load at once)."""
+async def pick_agent(
+    conn: Conn,
+    *,
+    agent_timeout_s: float,
+    exclude: Sequence[str] = (),
+    selector: Mapping[str, str] | None = None,
+    model: str = "",
+) -> str | None:
+    """A live agent with a free decoder slot on a node that is not drained, whose labels contain
+    ``selector`` and which serves ``model`` (a node listing no models serves any): the most free slots
+    first (placements count as load at once), then the least loaded, then by id."""
     cur = await conn.execute(
         "SELECT a.agent_id FROM agents a"
         " LEFT JOIN (SELECT agent_id, count(*) AS n FROM workers GROUP BY agent_id) w USING (agent_id)"
+        " LEFT JOIN nodes d ON d.node_id = a.node_id"
         " WHERE a.last_seen >= now() - make_interval(secs => %s) AND coalesce(w.n, 0) < a.max_workers"
-        " AND NOT (a.agent_id = ANY(%s))"
-        " ORDER BY coalesce(w.n, 0)::float8 / greatest(a.max_workers, 1), a.agent_id LIMIT 1",
-        (agent_timeout_s, list(exclude)),
+        " AND NOT (a.agent_id = ANY(%s)) AND NOT coalesce(d.draining, false) AND a.labels @> %s"
+        " AND (%s = '' OR cardinality(a.models) = 0 OR %s = ANY(a.models))"
+        " ORDER BY a.max_workers - coalesce(w.n, 0) DESC,"
+        " coalesce(w.n, 0)::float8 / greatest(a.max_workers, 1), a.agent_id LIMIT 1",
+        (agent_timeout_s, list(exclude), Jsonb(dict(selector or {})), model, model),
     )
     found = await cur.fetchone()
     return str(found[0]) if found else None
 
 
 async def capacity(conn: Conn, *, agent_timeout_s: float) -> tuple[int, int]:
-    """(live agents, live agents with a free decoder slot)."""
+    """(live agents, live agents with a free decoder slot), drained nodes left out."""
     cur = await conn.execute(
         "SELECT count(*), count(*) FILTER (WHERE coalesce(w.n, 0) < a.max_workers) FROM agents a"
         " LEFT JOIN (SELECT agent_id, count(*) AS n FROM workers GROUP BY agent_id) w USING (agent_id)"
-        " WHERE a.last_seen >= now() - make_interval(secs => %s)",
+        " LEFT JOIN nodes d ON d.node_id = a.node_id"
+        " WHERE a.last_seen >= now() - make_interval(secs => %s) AND NOT coalesce(d.draining, false)",
         (agent_timeout_s,),
     )
     found = await cur.fetchone()

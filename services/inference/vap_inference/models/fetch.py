@@ -15,6 +15,9 @@ Ready copies: a model whose file already sits in the destination (``$VAP_MODELS_
 verification (reference sha256, signature, probe inference) is used as is; ``--from DIR`` copies verified
 files from DIR. A converted file must pass the signature and probe checks; a sha256 that differs from the
 reference conversion is reported (converters are not always bit-reproducible) but not fatal.
+
+Derived models (``nanodet-m-416-int8``) are built from their base model after it is fetched, into the
+derived-model cache keyed by the base file's sha256 (models/derived.py); ``--force`` builds them again.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 
 from vap_common.logs import get_logger
 from vap_inference.errors import ModelVerificationError
+from vap_inference.models import derived
 from vap_inference.models.registry import BUILTIN_MODELS, EMBEDDER, NANODET, SSDLITE, ModelSpec
 from vap_inference.models.verify import verify_file, verify_model
 
@@ -108,6 +112,8 @@ class Fetcher:
 
     def fetch(self, spec: ModelSpec) -> FetchResult:
         started = time.monotonic()
+        if spec.base:
+            return self._derive(spec, started)
         target = self.dest / spec.filename
         if target.exists() and not self.force:
             # A ready copy (e.g. $VAP_MODELS_DIR in CI): verify, never overwrite silently.
@@ -133,6 +139,19 @@ class Fetcher:
             _log.warning("converted model differs from the reference", model=spec.name, note=note)
         self._install(out, target, copy=False)
         return FetchResult(spec.name, target, digest, "converted", time.monotonic() - started, note)
+
+    def _derive(self, spec: ModelSpec, started: float) -> FetchResult:
+        """A derived model (models/derived.py), built from its base in ``dest`` (fetched before it)."""
+        base = derived.base_spec(spec)
+        base_sha = verify_file(base, base.resolve_path(self.dest), check_hash=False)
+        target = derived.cache_path(spec, base_sha)
+        how = "cached"
+        if self.force or not target.exists():
+            derived.build_derived(spec, base.resolve_path(self.dest), base_sha, target)
+            how = f"built ({spec.recipe} of {base.name})"
+        path, digest = derived.locate_model(spec, self.dest, build=False)
+        verify_model(spec, path, check_hash=False)
+        return FetchResult(spec.name, path, digest, how, time.monotonic() - started)
 
     def _install(self, src: Path, target: Path, *, copy: bool) -> None:
         self.dest.mkdir(parents=True, exist_ok=True)
@@ -248,6 +267,12 @@ def _member_bytes(archive: Path, basename: str) -> bytes:
 
 def status(spec: ModelSpec, dest: Path) -> str:
     """One word or phrase for `list`: present (hash ok), missing, or what is wrong (no inference run)."""
+    if spec.base:
+        try:
+            path, digest = derived.locate_model(spec, dest, build=False)
+        except ModelVerificationError:
+            return f"not built (fetch builds it from {spec.base}, or the service at first load)"
+        return f"built, sha256 {digest[:12]} ({path})"
     path = dest / spec.filename
     try:
         digest = verify_file(spec, path, check_hash=False)
@@ -266,7 +291,9 @@ def fetch_all(
     work: Path | None = None,
     force: bool = False,
 ) -> list[FetchResult]:
-    specs = [s for s in BUILTIN_MODELS if not names or s.name in names]
+    # A derived model needs its base: asking for one fetches both.
+    wanted = set(names or ()) | {s.base for s in BUILTIN_MODELS if names and s.name in names and s.base}
+    specs = [s for s in BUILTIN_MODELS if not names or s.name in wanted]
     unknown = set(names or ()) - {s.name for s in BUILTIN_MODELS}
     if unknown:
         raise KeyError(f"unknown model(s) {sorted(unknown)}; known: {[s.name for s in BUILTIN_MODELS]}")
@@ -275,7 +302,10 @@ def fetch_all(
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         fetcher = Fetcher(dest, work_dir, source=source, force=force)
-        return [fetcher.fetch(spec) for spec in specs]
+        # A base fetched only because a derived model needs it is never converted again by --force.
+        implicit = wanted - set(names or ())
+        as_is = Fetcher(dest, work_dir, source=source, force=False) if implicit else fetcher
+        return [(as_is if spec.name in implicit else fetcher).fetch(spec) for spec in specs]
     finally:
         if own_work:
             shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,0 +1,83 @@
+"""``python -m vap_control.web [--config FILE]``: the live web view gateway process.
+
+Runs on a host whose decoders it shows (it maps their shared-memory rings); needs NATS_URL and the control
+API (``control_target``). gRPC health on the runtime's health port (for `vap up`'s supervisor), Prometheus
+metrics on ``metrics_port``; stops cleanly on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from aiohttp import web
+
+from vap_common import aio
+from vap_common.logs import get_logger
+from vap_common.runtime import ServiceRuntime
+from vap_common.settings import SettingsError
+from vap_control.web.app import build_app
+from vap_control.web.control import ControlClient
+from vap_control.web.frames import FrameEncoder
+from vap_control.web.live import Watches
+from vap_control.web.settings import WebSettings
+from vap_framebus import AsyncFrameSubscriber
+
+_log = get_logger("vap.web")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"listen: expected host:port, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def run(settings: WebSettings) -> None:
+    host, port = split_listen(settings.listen)
+    async with ServiceRuntime("web", settings) as runtime:
+        assert settings.nats_url is not None
+        bus = AsyncFrameSubscriber()
+        await bus.connect(settings.nats_url, name="vap-web")
+        client = ControlClient(settings)
+        encoder = FrameEncoder(settings.jpeg_quality, settings.max_width)
+        watches = Watches(client, bus, encoder, settings)
+        runner = web.AppRunner(build_app(settings, client, watches), access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            bound = runner.addresses[0][1] if runner.addresses else port
+            _log.info("web view listening", url=f"http://{host}:{bound}/", control=settings.control_target)
+            await runtime.set_serving(True)
+            await runtime.stopped()
+            await runtime.set_serving(False)
+        finally:
+            await watches.close()
+            await runner.cleanup()
+            await client.close()
+            await bus.close()
+            encoder.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vap_control.web", description="VAP live web view")
+    parser.add_argument("--config", help="YAML settings file (section 'web'); default $VAP_CONFIG")
+    args = parser.parse_args(argv)
+    try:
+        settings = WebSettings.load(args.config)
+        split_listen(settings.listen)
+    except SettingsError as exc:
+        print(f"vap_control.web: {exc}", file=sys.stderr)
+        return 2
+    if settings.nats_url is None:
+        print(
+            "vap_control.web: NATS_URL is required (the gateway reads FrameRefs from NATS)", file=sys.stderr
+        )
+        return 2
+    aio.run(run(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

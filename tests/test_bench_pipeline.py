@@ -1,0 +1,97 @@
+"""The measuring parts of the pipeline benchmarks (bench/pipeline, bench/suites/soak|e2e): percentiles,
+memory slopes, the Prometheus scrape, process-tree CPU, and the e2e search's verdict from its rows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import prometheus_client
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bench.pipeline import procstats
+from bench.pipeline.prom import scrape, total
+from bench.pipeline.subscriber import percentile
+from bench.suites.e2e import max_channels
+from bench.suites.soak import slope_mb_h
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=200), st.floats(0.0, 1.0))
+def test_percentile_is_an_element_between_min_and_max(values: list[float], q: float) -> None:
+    p = percentile(values, q)
+    assert p in values
+    assert min(values) <= p <= max(values)
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([], 0.99) == 0.0
+
+
+@given(st.floats(-500, 500), st.floats(0, 1000))
+def test_slope_of_a_line_is_its_rate_per_hour(mb_per_h: float, start: float) -> None:
+    times = [i * 10.0 for i in range(50)]
+    values = [start + mb_per_h * t / 3600 for t in times]
+    assert abs(slope_mb_h(times, values) - mb_per_h) < 1e-6 * max(1.0, abs(mb_per_h)) + 1e-6
+
+
+def test_slope_needs_two_points() -> None:
+    assert slope_mb_h([1.0], [5.0]) == 0.0
+
+
+def test_scrape_sums_labels_keeps_reasons_and_skips_created() -> None:
+    registry = prometheus_client.CollectorRegistry()
+    dropped = prometheus_client.Counter("t_frames_dropped", "x", ["reason", "model"], registry=registry)
+    dropped.labels("stale", "a").inc(3)
+    dropped.labels("stale", "b").inc(2)
+    dropped.labels("superseded", "a").inc(4)
+    server, thread = prometheus_client.start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        got = scrape(int(server.server_port))
+    finally:
+        server.shutdown()
+        thread.join()
+    assert got["t_frames_dropped_total{reason=stale}"] == 5
+    assert total(got, "t_frames_dropped_total") == 9
+    assert not any(k.endswith("_created") for k in got)
+
+
+def test_scrape_of_nothing_is_empty() -> None:
+    from bench.pipeline.stack import free_port_block
+
+    assert scrape(free_port_block(1), timeout=1.0) == {}
+
+
+def test_tree_cpu_counts_children() -> None:
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {busy!r}])"]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        seen = 0.0
+        while parent.poll() is None and time.monotonic() < deadline:
+            seen = max(seen, procstats.tree_cpu_s(parent.pid))
+            time.sleep(0.05)
+        assert seen >= 0.2  # the child's busy loop, charged to the parent's tree while it ran
+        assert procstats.tree_rss_mb(os.getpid()) >= procstats.rss_mb(os.getpid()) > 0
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_max_channels_is_the_largest_ok_run() -> None:
+    rows = [
+        {"model": "m", "channels": 1, "ok": True},
+        {"model": "m", "channels": 2, "ok": True},
+        {"model": "m", "channels": 4, "ok": False},
+        {"model": "m", "channels": 3, "ok": False},
+        {"model": "other", "channels": 8, "ok": True},
+    ]
+    assert max_channels(rows, "m") == 2
+    assert max_channels(rows, "absent") == 0
