@@ -19,6 +19,7 @@ import fcntl
 import mmap
 import os
 import secrets
+import stat
 import time
 
 from vap_shmring.errors import RingExistsError, RingFormatError, RingNotFoundError, ShmRingError
@@ -136,12 +137,20 @@ def unlink_own(shm_dir: str, name: str, fd: int) -> None:
 
 def map_segment(shm_dir: str, name: str) -> tuple[Header, mmap.mmap, int]:
     """Map an existing ring read-only; returns its header, the mapping and the file's inode."""
+    # A name comes from a FrameRef off the bus: it must not leave shm_dir or name the directory itself.
+    if not name or "/" in name or name in (".", ".."):
+        raise RingNotFoundError(f"{name!r} is not a ring name")
     try:
-        fd = os.open(os.path.join(shm_dir, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted under a ring's name must not block the reader in open().
+        fd = os.open(os.path.join(shm_dir, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError as e:
         raise RingNotFoundError(f"no ring named {name!r} in {shm_dir}") from e
+    except OSError as e:  # not ours (EACCES), a symlink (ELOOP)...
+        raise RingFormatError(f"{name!r}: cannot open: {e.strerror}") from e
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RingFormatError(f"{name!r}: not a regular file")
         try:
             header = Header.unpack(os.pread(fd, HEADER_SIZE, 0))
         except ValueError as e:
