@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import re
 import signal
@@ -24,12 +23,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 import pytest_asyncio
 
 from vap_common.paths import sample_video
-from vap_control.testing import authenticated_channel, drop_database, fresh_database, wait_for
+from vap_control.testing import authenticated_channel, wait_for
 from vap_proto.v1 import control_pb2, control_pb2_grpc
 from vap_proto.v1.health_pb2 import CHANNEL_STATE_STREAMING as STREAMING
 from vap_rtspcam import RtspCamera, unavailable_reason
@@ -42,7 +40,7 @@ from vap_stack.cli import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
-from vap_stack.testing import StackProcess
+from vap_stack.testing import StackProcess, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -71,8 +69,6 @@ def stack(
     # Module scope (one stack for both tests), so not the function-scoped rtsp_camera fixture.
     cams = {cid: RtspCamera(VIDEO, path=cid, shared=True).start() for cid in ("cam-a", "cam-b")}
     workdir = tmp_path_factory.mktemp("stack")
-    db = fresh_database(database_url, prefix="vap_stack_test")
-    consumer = f"stack-inbox-{uuid.uuid4().hex[:8]}"
     config = {
         "site": "e2e",
         "data_dir": str(workdir / "data"),
@@ -85,32 +81,19 @@ def stack(
         "tracker": {"reid": {"embedder": "hsv"}},
         "decoder": {"status_interval_s": 0.5, "read_timeout_s": 2.0, "backoff_max_s": 2.0},
         "control": {
-            "inbox_storage": "memory",
-            "inbox_consumer": consumer,
             "stats_window_s": 5.0,
             "reconcile_s": 0.5,
             "health_persist_s": 1.0,
         },
     }
-    proc = StackProcess(config, workdir, env={"NATS_URL": nats_url, "DATABASE_URL": db})
     try:
-        state = proc.start()
-        yield {"proc": proc, "state": state, "cameras": cams, "workdir": workdir}
+        with running_stack(
+            config, workdir, nats_url=nats_url, database_url=database_url, prefix="vap_stack_test"
+        ) as (proc, state):
+            yield {"proc": proc, "state": state, "cameras": cams, "workdir": workdir}
     finally:
-        status = proc.interrupt() if proc.proc is not None else None
-        asyncio.run(_delete_consumer(nats_url, consumer))
-        drop_database(database_url, db)
         for cam in cams.values():
             cam.close()
-        assert status in (None, 0), f"vap up exited with {status}:\n{proc.text()[-3000:]}"
-
-
-async def _delete_consumer(nats_url: str, consumer: str) -> None:
-    # Interest retention: a durable consumer left behind would keep other tests' results pending.
-    nc = await nats.connect(nats_url)
-    with contextlib.suppress(Exception):
-        await nc.jetstream().delete_consumer("VAP_RESULTS", consumer)
-    await nc.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -19,9 +19,9 @@ from vap_shmring import ReaderPool, RingWriter
 from vap_tracker.bytetrack import TrackerConfig
 from vap_tracker.pipeline import ChannelPipeline, ReidResources
 from vap_tracker.reid.embedder import MODEL_FILE, Embedder, HsvHistogramEmbedder, make_embedder
-from vap_tracker.reid.frames import ArrayFrame, RingFrame
+from vap_tracker.reid.frames import ArrayFrame, RingFrame, budgeted_crops
 from vap_tracker.reid.gallery import SiteGallery
-from vap_tracker.reid.manager import ReidConfig
+from vap_tracker.reid.manager import ReidConfig, ReidStats
 from vap_tracker.testing import Walker, detections, line_path, render, scenario_config
 
 RED_BLUE = {"shirt": (0, 0, 200), "trousers": (200, 0, 0)}
@@ -198,9 +198,31 @@ def test_crops_come_from_the_ring_and_stale_slots_are_refused() -> None:
         for k in range(2):  # the writer wraps around and overwrites the slot
             writer.write(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420), sequence=k + 1)
         assert RingFrame(pool, ref).crops(boxes) is None
+        # The per-frame budget (ReID and attributes): a stale frame costs nothing but a count.
+        stats = ReidStats()
+        candidates = [(0.0, 0, 10), (1.0, 1, 11)]
+        assert (
+            budgeted_crops(candidates, boxes, RingFrame(pool, ref), max_crops=2, busy=False, stats=stats)
+            is None
+        )
+        assert (stats.crops_stale, stats.batches_skipped_busy) == (2, 0)
     finally:
         pool.close()
         writer.close()
+
+
+def test_crop_budget_takes_the_neediest_and_nothing_while_busy() -> None:
+    bgr = np.zeros((100, 200, 3), np.uint8)
+    boxes = np.array([[0, 0, 10, 20], [10, 0, 30, 20], [50, 0, 90, 20]], dtype=np.float64)
+    stats = ReidStats()
+    candidates = [(5.0, 0, 30), (float("-inf"), 2, 32), (1.0, 1, 31)]
+    picked = budgeted_crops(candidates, boxes, ArrayFrame(bgr), max_crops=2, busy=False, stats=stats)
+    assert picked is not None
+    ids, crops = picked
+    assert ids == [32, 31] and [c.shape[1] for c in crops] == [40, 20]
+    assert budgeted_crops(candidates, boxes, ArrayFrame(bgr), max_crops=2, busy=True, stats=stats) is None
+    assert budgeted_crops([], boxes, ArrayFrame(bgr), max_crops=2, busy=True, stats=stats) is None
+    assert (stats.batches_skipped_busy, stats.crops_stale) == (1, 0)
 
 
 @pytest.mark.skipif(

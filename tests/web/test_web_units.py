@@ -205,12 +205,19 @@ def test_tracks_and_counts() -> None:
                 box=common_pb2.BoundingBox(x1=1, y1=2, x2=3, y2=4),
             ),
             detection_pb2.Detection(class_name="car", confidence=0.5),
-            detection_pb2.Detection(class_name="person", confidence=0.8, track_id=3, global_id=7),
+            detection_pb2.Detection(
+                class_name="person",
+                confidence=0.8,
+                track_id=3,
+                global_id=7,
+                attributes=[common_pb2.Attribute(name="gender", value="female", confidence=0.9, votes=5)],
+            ),
         ]
     )
     tracks = payloads.tracks(frame)
     assert [t["id"] for t in tracks] == [3, 12, None]
     assert tracks[0]["global_id"] == 7 and tracks[1]["box"] == [1.0, 2.0, 3.0, 4.0]
+    assert tracks[0]["attrs"] == {"gender": "female"} and tracks[1]["attrs"] == {}
 
     counts = payloads.RunningCounts()
     crossing = analytics_pb2.AnalyticsEvent(

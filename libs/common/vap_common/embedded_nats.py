@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -32,6 +31,7 @@ from vap_common.embedded_proc import (
     EmbeddedServerError,
     cmdline,
     file_size,
+    free_tcp_port,
     kill_leftovers,
     log_tail,
     pid_alive,
@@ -152,9 +152,6 @@ class EmbeddedNats:
         return self.directory / "nats-server.log"
 
     def start(self) -> str:
-        if self._proc is not None:
-            raise EmbeddedServerError("NATS server already started")
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.spawn()
         return self.wait_ready()
 
@@ -353,6 +350,4 @@ class EmbeddedNatsCluster:
 
 def free_port() -> int:
     """A TCP port free at this moment on HOST (for listeners whose port others must know in advance)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    return free_tcp_port(HOST)

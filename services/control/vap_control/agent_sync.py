@@ -303,14 +303,11 @@ async def _assigned_before(
 async def reconcile_dead_agents(conn: Conn, settings: ControlSettings) -> int:
     """Scenarios on agents silent for longer than the timeout: stopping ones INACTIVE; running ones move to
     another node (``placement``), and so do those of drained nodes."""
-    cur = await conn.execute(
-        "SELECT w.scenario_id, w.agent_id FROM workers w JOIN agents a USING (agent_id)"
-        " JOIN scenarios s ON s.id = w.scenario_id"
-        " WHERE a.last_seen < now() - make_interval(secs => %s) AND s.status = %s ORDER BY w.scenario_id",
-        (settings.agent_timeout_s, int(lifecycle.IN_SHUTDOWN_PROCESSING)),
+    stopping = await nodes_repo.scenarios_of_silent_agents(
+        conn, agent_timeout_s=settings.agent_timeout_s, statuses=[int(lifecycle.IN_SHUTDOWN_PROCESSING)]
     )
     changed = 0
-    for scenario_id, agent_id in await cur.fetchall():
+    for scenario_id, agent_id in stopping:
         scenario = await repo.get(conn, scenario_id, lock=True)
         if scenario is not None and scenario.status_value == lifecycle.IN_SHUTDOWN_PROCESSING:
             await finish_stop(conn, scenario, f"decoder agent {agent_id} stopped reporting")

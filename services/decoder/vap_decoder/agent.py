@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import suppress
@@ -103,7 +102,7 @@ class DecoderAgent:
             "decoder agent ready",
             commands=subjects.agent_commands(self.agent_id),
             max_workers=self.settings.max_workers,
-            node=self.settings.node_id or socket.gethostname(),
+            node=self.settings.reported_node_id,
         )
 
     async def close(self) -> None:
@@ -297,7 +296,7 @@ class DecoderAgent:
     def status(self) -> AgentStatus:
         status = AgentStatus(
             agent_id=self.agent_id,
-            node_id=self.settings.node_id or socket.gethostname(),
+            node_id=self.settings.reported_node_id,
             pid=os.getpid(),
             max_workers=self.settings.max_workers,
             channels=[sup.describe() for sup in self.channels.values()],

@@ -76,3 +76,8 @@ class DecoderSettings(ServiceSettings):
     def ring_prefix(self) -> str:
         """Prefix of this node's ring names ("" on a single node)."""
         return self.shm_prefix or self.node_id
+
+    @property
+    def reported_node_id(self) -> str:
+        """The node id AgentStatus reports: ``node_id``, or the host name on a single node."""
+        return self.node_id or socket.gethostname()

@@ -48,6 +48,9 @@ class Membership:
         self.timeout_s = timeout_s
         self._clock = clock
         self._seen: dict[str, float] = {}
+        # owns() runs for every frame of every channel: the answers hold until the membership changes.
+        self._owned_among: list[str] = []
+        self._owned: dict[str, bool] = {}
 
     def heard(self, member: str, *, leaving: bool = False) -> None:
         if member == self.self_id:
@@ -65,7 +68,13 @@ class Membership:
         return sorted([self.self_id, *self._seen])
 
     def owns(self, channel: str) -> bool:
-        return owner(self.live(), channel) == self.self_id
+        members = self.live()
+        if members != self._owned_among:
+            self._owned_among, self._owned = members, {}
+        owned = self._owned.get(channel)
+        if owned is None:
+            owned = self._owned[channel] = owner(members, channel) == self.self_id
+        return owned
 
 
 class ShardMember:

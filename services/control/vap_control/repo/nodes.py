@@ -99,14 +99,17 @@ async def set_draining(conn: Conn, node_id: str, draining: bool) -> None:
     )
 
 
-async def scenarios_of_silent_agents(conn: Conn, *, agent_timeout_s: float) -> list[tuple[uuid.UUID, str]]:
-    """(scenario, agent) of running scenarios placed on agents silent for longer than the timeout."""
+async def scenarios_of_silent_agents(
+    conn: Conn, *, agent_timeout_s: float, statuses: Sequence[int] = _MOVABLE
+) -> list[tuple[uuid.UUID, str]]:
+    """(scenario, agent) of scenarios in ``statuses`` (default: running ones) placed on agents silent for
+    longer than the timeout."""
     cur = await conn.execute(
         "SELECT w.scenario_id, w.agent_id FROM workers w JOIN agents a USING (agent_id)"
         " JOIN scenarios s ON s.id = w.scenario_id"
         " WHERE a.last_seen < now() - make_interval(secs => %s) AND s.status = ANY(%s)"
         " ORDER BY w.scenario_id",
-        (agent_timeout_s, _MOVABLE),
+        (agent_timeout_s, list(statuses)),
     )
     return [(r[0], str(r[1])) for r in await cur.fetchall()]
 

@@ -347,6 +347,9 @@ async def assign_worker(conn: Conn, row: ScenarioRow, agent_id: str) -> None:
     row.agent_id = agent_id
 
 
+_PG_INT4_MAX = 2**31 - 1
+
+
 async def update_worker(
     conn: Conn,
     scenario_id: uuid.UUID,
@@ -357,6 +360,10 @@ async def update_worker(
     start_time: datetime | None = None,
 ) -> None:
     """Record the process of a placed scenario (only for the agent it is placed on)."""
+    if not 0 <= pid <= _PG_INT4_MAX:
+        # Linux pids fit in 22 bits; anything else comes from a forged or broken health message, and
+        # must not make the whole health update fail on the integer column.
+        pid = 0
     await conn.execute(
         "UPDATE workers SET pid = %s, ring = coalesce(%s, ring), assign_time = coalesce(%s, assign_time),"
         " update_time = now() WHERE scenario_id = %s AND agent_id = %s"

@@ -2,8 +2,9 @@
 
 A watch needs three inputs and starts them only while it has viewers:
 
-- the channel's FrameRefs from NATS (``vap.frames.<channel>``), kept for the last few dozen frames, so the
-  tracked result of frame N can be drawn on frame N itself;
+- the channel's FrameRefs from NATS (``vap.frames.<channel>``; ``vap.frames.<channel>.<node>`` with
+  ``node_id``), kept for the last few dozen frames, so the tracked result of frame N can be drawn on frame
+  N itself;
 - tracked detections from the control API (StreamDetections, tracked, include_empty): at most ``max_fps``
   of them per second are turned into a frame message (JPEG of that very frame from the ring + its tracks);
 - analytics events (StreamEvents), for the running line and zone figures and the event list.

@@ -91,7 +91,8 @@ def camera_detail(scenario: scenario_pb2.Scenario, channel: control_pb2.ChannelS
 
 
 def tracks(frame: detection_pb2.FrameDetections) -> list[Json]:
-    """The frame's detections (track id, class, score, box in source-frame pixels), tracked ones first."""
+    """The frame's detections (track id, class, score, box in source-frame pixels, the track's attribute
+    votes by name, e.g. gender), tracked ones first."""
     out = []
     for d in frame.detections:
         out.append(
@@ -101,6 +102,7 @@ def tracks(frame: detection_pb2.FrameDetections) -> list[Json]:
                 "cls": d.class_name or str(d.class_id),
                 "conf": round(d.confidence, 3),
                 "box": [round(d.box.x1, 1), round(d.box.y1, 1), round(d.box.x2, 1), round(d.box.y2, 1)],
+                "attrs": {a.name: a.value for a in d.attributes},
             }
         )
     out.sort(key=lambda t: (t["id"] is None, t["id"] or 0))

@@ -28,7 +28,7 @@ from vap_tracker.attributes.classifier import OnnxClassifier
 from vap_tracker.attributes.faces import FaceAligner
 from vap_tracker.attributes.vote import Vote
 from vap_tracker.bytetrack import FrameTracks
-from vap_tracker.reid.frames import FrameImage
+from vap_tracker.reid.frames import FrameImage, budgeted_crops
 from vap_tracker.track import State
 
 F32 = npt.NDArray[np.float32]
@@ -105,6 +105,8 @@ class _Track:
     votes: list[Vote]
     looked_at_s: float = float("-inf")
     pending: bool = False
+    # The votes as protos: every frame publishes them, they change only with a new vote (then None).
+    protos: list[common_pb2.Attribute] | None = None
 
 
 @dataclass(slots=True)
@@ -145,7 +147,11 @@ class AttributeStage:
         known = self._tracks.get(track_id)
         if known is None:
             return []
-        return [v.to_proto(name) for v, name in zip(known.votes, self.classifiers.names, strict=True)]
+        if known.protos is None:
+            known.protos = [
+                v.to_proto(name) for v, name in zip(known.votes, self.classifiers.names, strict=True)
+            ]
+        return known.protos
 
     def attribute_map(self) -> dict[int, list[common_pb2.Attribute]]:
         return {tid: self.attributes(tid) for tid in self._tracks}
@@ -202,6 +208,7 @@ class AttributeStage:
                 for vote, p in zip(known.votes, per_clf, strict=True):
                     if p is not None:
                         vote.add(p)
+                known.protos = None
             self.stats.crops_classified += len(batch.track_ids)
         self._inflight = still
 
@@ -209,7 +216,7 @@ class AttributeStage:
         cfg = self.config
         if cfg.max_crops_per_frame <= 0:
             return
-        candidates: list[tuple[int, float, int, int]] = []
+        candidates: list[tuple[tuple[int, float], int, int]] = []
         for k, (tid, st, since) in enumerate(
             zip(t.track_id.tolist(), t.state.tolist(), t.frames_since_update.tolist(), strict=True)
         ):
@@ -221,19 +228,14 @@ class AttributeStage:
                 continue
             if min(t.box[k, 2] - t.box[k, 0], t.box[k, 3] - t.box[k, 1]) < cfg.min_person_px:
                 continue  # too small to say anything: stays unknown, costs no budget
-            candidates.append((votes, known.looked_at_s, k, tid))
-        if not candidates:
+            candidates.append(((votes, known.looked_at_s), k, tid))  # fewest votes, then longest unseen
+        busy = len(self._inflight) >= cfg.max_in_flight
+        picked = budgeted_crops(
+            candidates, t.box, frame, max_crops=cfg.max_crops_per_frame, busy=busy, stats=self.stats
+        )
+        if picked is None:
             return
-        if len(self._inflight) >= cfg.max_in_flight:
-            self.stats.batches_skipped_busy += 1
-            return
-        candidates.sort()
-        chosen = candidates[: cfg.max_crops_per_frame]
-        crops = frame.crops(t.box[[k for _, _, k, _ in chosen]])
-        if crops is None:
-            self.stats.crops_stale += len(chosen)
-            return
-        ids = [tid for _, _, _, tid in chosen]
+        ids, crops = picked
         for tid in ids:
             known = self._tracks[tid]
             known.pending, known.looked_at_s = True, now_s

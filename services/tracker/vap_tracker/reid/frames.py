@@ -9,7 +9,7 @@ it needs without holding the slot.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -26,6 +26,37 @@ class FrameImage(Protocol):
     def crops(self, boxes: F64) -> list[U8] | None:
         """BGR copies of the (K, 4) boxes (source-frame pixels); None when the frame is gone (stale)."""
         ...
+
+
+class CropBudgetStats(Protocol):
+    crops_stale: int
+    batches_skipped_busy: int
+
+
+def budgeted_crops(
+    candidates: list[tuple[Any, int, int]],
+    boxes: F64,
+    frame: FrameImage,
+    *,
+    max_crops: int,
+    busy: bool,
+    stats: CropBudgetStats,
+) -> tuple[list[int], list[U8]] | None:
+    """One batch of a per-frame crop budget (ReID, attributes): the track ids and crops of the ``max_crops``
+    candidates (priority, row in ``boxes``, track id) that sort first. None when nothing is to be submitted:
+    no candidates, ``busy`` (the caller's batches in flight are at their limit; counted as skipped) or the
+    frame was overwritten while copying (counted as stale crops)."""
+    if not candidates:
+        return None
+    if busy:
+        stats.batches_skipped_busy += 1
+        return None
+    chosen = sorted(candidates)[:max_crops]
+    crops = frame.crops(boxes[[k for _, k, _ in chosen]])
+    if crops is None:
+        stats.crops_stale += len(chosen)
+        return None
+    return [tid for _, _, tid in chosen], crops
 
 
 def _clip_box(box: F64, width: int, height: int, even: bool) -> tuple[int, int, int, int] | None:

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from vap_common.logs import get_logger
 from vap_tracker.bytetrack import ChannelTracker, FrameTracks
 from vap_tracker.reid.embedder import Embedder
-from vap_tracker.reid.frames import FrameImage
+from vap_tracker.reid.frames import FrameImage, budgeted_crops
 from vap_tracker.reid.gallery import SiteGallery
 from vap_tracker.track import State
 
@@ -252,18 +252,13 @@ class ReidManager:
             if min(w, h) < cfg.min_crop_px:
                 continue
             candidates.append((known.embedded_at_s, k, tid))
-        if not candidates:
+        busy = len(self._inflight) >= cfg.max_in_flight
+        picked = budgeted_crops(
+            candidates, t.box, frame, max_crops=cfg.max_crops_per_frame, busy=busy, stats=self.stats
+        )
+        if picked is None:
             return
-        if len(self._inflight) >= cfg.max_in_flight:
-            self.stats.batches_skipped_busy += 1
-            return
-        candidates.sort()
-        chosen = candidates[: cfg.max_crops_per_frame]
-        crops = frame.crops(t.box[[k for _, k, _ in chosen]])
-        if crops is None:
-            self.stats.crops_stale += len(chosen)
-            return
-        ids = [tid for _, _, tid in chosen]
+        ids, crops = picked
         for tid in ids:
             self._known[tid].pending = True
         self._inflight.append((self.executor.submit(self.embedder.embed, crops), ids))

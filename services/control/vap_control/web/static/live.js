@@ -61,7 +61,8 @@
     document.getElementById("track-count").textContent = `(${tracked.length})`;
     tracksList.replaceChildren(...tracked.map((t) => el("li", { "data-track": t.id },
       el("i", { class: "swatch", style: { background: colorFor(t.id) } }),
-      `#${t.id} ${t.cls} ${(t.conf * 100).toFixed(0)}%`, t.global_id ? el("span", { class: "dim" }, ` global ${t.global_id}`) : null)));
+      `#${t.id} ${t.cls} ${(t.conf * 100).toFixed(0)}%`, t.global_id ? el("span", { class: "dim" }, ` global ${t.global_id}`) : null,
+      ...Object.entries(t.attrs).filter(([, v]) => v !== "unknown").map(([k, v]) => el("span", { class: "dim" }, ` ${k} ${v}`)))));
   }
 
   function renderCounts() {
