@@ -15,8 +15,8 @@ Backends: ``onnxruntime-cpu`` (the service's default settings: no thread spinnin
 ``onnxruntime-cpu-spin`` (InferenceSettings.spin = true), ``tensorrt``.
 
 Rows: ``{"model", "backend", "batch", "threads", "ms_per_frame", "fps", "best_ms", "infer_ms", "pre_ms",
-"post_ms", "samples", "load1"}`` (medians per frame; best_ms: the fastest batch per frame; load1: the
-1-minute load average when the row was measured).
+"post_ms", "cpu_ms", "samples", "load1"}`` (medians per frame; best_ms: the fastest batch per frame; cpu_ms:
+process CPU time per frame; load1: the 1-minute load average when the row was measured).
 Target (DESIGN.md / issue #4): NanoDet on ONNX Runtime <= 30 ms per frame on the 2-core box.
 """
 
@@ -99,12 +99,14 @@ def _measure(detector: Detector, batch: int, frames: list[Frame], seconds: float
     i420 = PixelFormat.PIXEL_FORMAT_I420
     options = detector.default_options()
     totals: list[float] = []
+    cpu: list[float] = []
     pre: list[float] = []
     infer: list[float] = []
     post: list[float] = []
     deadline = time.monotonic() + seconds
     iteration = 0
     while iteration < 5 or (time.monotonic() < deadline and iteration < 2000):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         lbs = []
         for k in range(batch):
@@ -116,8 +118,10 @@ def _measure(detector: Detector, batch: int, frames: list[Frame], seconds: float
         for k in range(batch):
             detector.postprocess(outputs, k, lbs[k], options)
         t3 = time.perf_counter()
+        c3 = time.process_time()
         if iteration >= 3:  # warm-up: first runs allocate and tune
             totals.append(t3 - t0)
+            cpu.append(c3 - c0)
             pre.append(t1 - t0)
             infer.append(t2 - t1)
             post.append(t3 - t2)
@@ -132,6 +136,9 @@ def _measure(detector: Detector, batch: int, frames: list[Frame], seconds: float
         "infer_ms": round(statistics.median(infer) * 1000 / batch, 2),
         "pre_ms": round(statistics.median(pre) * 1000 / batch, 2),
         "post_ms": round(statistics.median(post) * 1000 / batch, 2),
+        # CPU time of this process (all its threads) per frame: what a frame costs the machine, and far
+        # less inflated than wall time when other processes share the cores.
+        "cpu_ms": round(statistics.median(cpu) * 1000 / batch, 2),
         "samples": len(totals),
     }
 
@@ -270,6 +277,7 @@ register(
             "infer_ms",
             "pre_ms",
             "post_ms",
+            "cpu_ms",
             "load1",
         ),
         summarize=summarize,
