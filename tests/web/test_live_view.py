@@ -49,6 +49,16 @@ def _wait(condition: Callable[[], T], timeout: float, what: str, interval: float
         time.sleep(interval)
 
 
+def _snapshot(browser: Any, css: str, attribute: str = "") -> list[str]:
+    """Texts (or one attribute) of the elements matching ``css``, read in one script call: the page
+    re-renders its lists on every update, so element handles found earlier go stale between calls."""
+    script = (
+        "return Array.from(document.querySelectorAll(arguments[0]))"
+        ".map(e => arguments[1] ? (e.getAttribute(arguments[1]) || '') : e.textContent.trim())"
+    )
+    return list(browser.execute_script(script, css, attribute))
+
+
 @pytest.fixture(scope="module")
 def stack(
     nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -217,8 +227,7 @@ def test_browser_list_and_live_view(stack: dict[str, Any], browser: Any, tmp_pat
     browser.find_element(By.ID, "submit").click()
 
     def listed() -> set[str]:
-        rows = browser.find_elements(By.CSS_SELECTOR, "#cameras tbody tr")
-        return {r.get_attribute("data-camera") for r in rows}
+        return set(_snapshot(browser, "#cameras tbody tr", "data-camera"))
 
     _wait(lambda: listed() == {"door", "hall"}, 30, "both cameras listed")
     _wait(lambda: "STREAMING" in browser.find_element(By.ID, "cameras").text, 30, "a streaming channel")
@@ -237,18 +246,15 @@ def test_browser_list_and_live_view(stack: dict[str, Any], browser: Any, tmp_pat
 
     _wait(lambda: frames() >= 1, 45, "the first live frame")
     first_seq, first_picture = canvas.get_attribute("data-seq"), picture()
-    tracks = _wait(
-        lambda: browser.find_elements(By.CSS_SELECTOR, "#tracks li[data-track]"), 30, "tracks listed"
-    )
-    assert all(t.text.startswith("#") and "person" in t.text for t in tracks), [t.text for t in tracks]
+    tracks = _wait(lambda: _snapshot(browser, "#tracks li[data-track]"), 30, "tracks listed")
+    assert all(t.startswith("#") and "person" in t for t in tracks), tracks
     _wait(
         lambda: canvas.get_attribute("data-seq") != first_seq and picture() != first_picture,
         20,
         "a new frame",
     )
     assert "frame " in browser.find_element(By.ID, "frame-info").text
-    rules = browser.find_elements(By.CSS_SELECTOR, "#counts tr[data-rule]")
-    assert {r.get_attribute("data-rule") for r in rules} == {"middle", "floor"}
+    assert set(_snapshot(browser, "#counts tr[data-rule]", "data-rule")) == {"middle", "floor"}
     assert PASSWORD not in browser.page_source
 
     # Frames are encoded only while somebody watches.
