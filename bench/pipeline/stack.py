@@ -79,7 +79,11 @@ def missing_reason(models: Sequence[str]) -> str | None:
         return f"{sample_video(VIDEO)} not found (set VAP_SAMPLE_DATA_DIR)"
     specs = {s.name: s for s in BUILTIN_MODELS}
     for name in models:
-        if name in specs and (reason := missing_model_reason(specs[name])):
+        spec = specs.get(name)
+        # A derived model (INT8, ...) is built from its base's file by the inference service at load.
+        while spec is not None and spec.base:
+            spec = specs.get(spec.base)
+        if spec is not None and (reason := missing_model_reason(spec)):
             return reason
     return None
 

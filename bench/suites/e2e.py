@@ -52,7 +52,7 @@ from vap_proto.v1 import scenario_pb2
 
 # Model -> DESIGN.md target channels. $VAP_BENCH_E2E_MODELS (comma-separated names) runs others instead,
 # e.g. a faster variant of one of these, with no target.
-TARGETS = {"nanodet-m-416": 4, "ssdlite-mbv2-person-300": 8}
+TARGETS = {"nanodet-m-416-int8": 4, "ssdlite-mbv2-person-300": 8}
 _CHOSEN = [m for m in os.environ.get("VAP_BENCH_E2E_MODELS", "").split(",") if m]
 MODELS = {name: TARGETS.get(name, 0) for name in _CHOSEN or TARGETS}
 FPS = 11.0

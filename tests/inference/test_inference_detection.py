@@ -94,3 +94,36 @@ def test_ring_formats_and_decoder_resize_give_the_same_people(
 
     matched = sum(1 for r in reference.boxes if any(iou(r, d) > 0.6 for d in dets.boxes))
     assert matched >= len(reference) - 1
+
+
+def test_detector_lanes_run_concurrently_without_mixing_frames(
+    ssdlite: Detector, frames: dict[int, np.ndarray]
+) -> None:
+    """Lanes (settings.parallel_batches) share the ONNX Runtime session but not the input buffers: two
+    threads detecting different frames at once get exactly what each frame gets alone."""
+    import threading
+
+    lane = ssdlite.lane()
+    assert lane is not ssdlite and lane.backend is ssdlite.backend
+    assert lane.preprocessor.batch is not ssdlite.preprocessor.batch and lane.lock is not ssdlite.lock
+    images = {"people": frames[200], "blank": np.full_like(frames[200], 128), "other": frames[0]}
+    alone = {k: ssdlite.detect_image(img)[0] for k, img in images.items()}
+    mismatches: list[str] = []
+
+    def detect_many(detector: Detector, order: list[str]) -> None:
+        for _ in range(6):
+            for key in order:
+                dets = detector.detect_image(images[key])[0]
+                if not np.array_equal(dets.boxes, alone[key].boxes):
+                    mismatches.append(key)
+
+    threads = [
+        threading.Thread(target=detect_many, args=(ssdlite, ["people", "blank", "other"])),
+        threading.Thread(target=detect_many, args=(lane, ["blank", "other", "people"])),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not mismatches, f"results mixed between lanes: {mismatches}"
+    assert len(alone["people"]) >= 3 and len(alone["blank"]) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -58,8 +59,9 @@ class Collector:
 
 
 async def start_service(nats_url: str, models_dir: Path, model: str, **overrides: Any) -> InferenceService:
+    options: dict[str, Any] = {"threads": 2} | overrides
     settings = InferenceSettings.load(
-        None, default_model=model, models_dir=models_dir, backend="onnxruntime", threads=2, **overrides
+        None, default_model=model, models_dir=models_dir, backend="onnxruntime", **options
     )
     service = InferenceService(settings, ModelManager(settings))
     await service.start(nats_url)
@@ -334,3 +336,45 @@ async def test_a_service_started_late_applies_the_stored_scenario_config(
 def test_detector_fixture_is_shared(nanodet: Detector, unused: None) -> None:
     # The service tests load their own detectors; this keeps the session fixture warm for the others.
     assert nanodet.max_batch == 1
+
+
+async def test_parallel_lanes_publish_each_frame_once_with_its_own_result(
+    nats_url: str,
+    nats_client: NatsClient,
+    collector: Collector,
+    models_dir: Path,
+    channel_ids: list[str],
+    frames: dict[int, np.ndarray],
+) -> None:
+    """Two lanes on one model (parallel_batches=2, NanoDet runs frame by frame, so both lanes take
+    frames): every published frame comes back once, on its channel, with its own content's result."""
+    service = await start_service(nats_url, models_dir, NANODET.name, parallel_batches=2, threads=1)
+    blank = np.full_like(frames[200], 128)
+    contents = {channel_ids[0]: frames[200], channel_ids[1]: blank, channel_ids[2]: frames[0]}
+    rings = {
+        ch: RingWriter.create(ch, width=768, height=576, pixel_format=I420, slots=8) for ch in channel_ids
+    }
+    try:
+
+        def round_done(seq: int) -> bool:
+            return all(
+                any(m.frame.sequence == seq for m in collector.by_channel.get(ch, [])) for ch in channel_ids
+            )
+
+        for seq in range(1, 4):
+            for ch in channel_ids:
+                ref = write_frame(rings[ch], contents[ch], sequence=seq, capture_time_ns=time.time_ns())
+                await publish(nats_client, ref)
+            # Each round is taken before the next supersedes it (one pending frame per channel).
+            await collector.wait_for(functools.partial(round_done, seq))
+        assert len(service._workers[NANODET.name]) == 2  # started with the first frame
+        for ch in channel_ids:
+            seqs = [m.frame.sequence for m in collector.by_channel[ch]]
+            assert sorted(seqs) == [1, 2, 3], f"{ch}: {seqs}"
+        assert all(person_count(m) >= 4 for m in collector.by_channel[channel_ids[0]])
+        assert all(len(m.detections) == 0 for m in collector.by_channel[channel_ids[1]])
+        assert all(person_count(m) >= 1 for m in collector.by_channel[channel_ids[2]])
+    finally:
+        await service.stop()
+        for ring in rings.values():
+            ring.close()

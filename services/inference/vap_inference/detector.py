@@ -10,6 +10,7 @@ Load-time checks (``Detector.load``):
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass, field
@@ -185,6 +186,17 @@ class Detector:
                         worst,
                     )
         return BatchProbe(n, f"batch {n} matches one-by-one results (max abs diff {worst:.3g})", worst)
+
+    def lane(self) -> Detector:
+        """Another user of this loaded model for running batches in parallel: the same backend, decoder
+        and probe results, its own input buffers and lock. Where the backend cannot run concurrently the
+        detector itself is returned (its lock then serialises the callers). Closing stays with ``self``."""
+        if not self.backend.concurrent_runs:
+            return self
+        other = copy.copy(self)
+        other.preprocessor = Preprocessor(self.input_format, self.capacity)
+        other.lock = threading.Lock()
+        return other
 
     # --- options ------------------------------------------------------------------------------------------
 

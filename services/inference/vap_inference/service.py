@@ -66,9 +66,13 @@ class InferenceService:
         self._bus = AsyncFrameSubscriber()
         self._scenarios: dict[str, _ScenarioState] = {}
         self._batchers: dict[str, AsyncBatcher[frame_pb2.FrameRef]] = {}
-        self._workers: dict[str, asyncio.Task[None]] = {}
-        # One thread per model worker (plus loads): batches of different models may run side by side.
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vap-inference")
+        # Per model, one worker task per lane (settings.parallel_batches), all taking from its batcher.
+        self._workers: dict[str, list[asyncio.Task[None]]] = {}
+        # One thread per worker (plus loads): batches of different models, and lanes of one model, run side
+        # by side.
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(4, settings.parallel_batches + 2), thread_name_prefix="vap-inference"
+        )
         self._closing = False
 
     # --- lifecycle ------------------------------------------------------------------------------------------
@@ -102,9 +106,10 @@ class InferenceService:
     async def stop(self) -> None:
         self._closing = True
         await self._bus.close()
-        for task in self._workers.values():
+        tasks = [task for lanes in self._workers.values() for task in lanes]
+        for task in tasks:
             task.cancel()
-        for task in self._workers.values():
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._workers.clear()
@@ -178,13 +183,16 @@ class InferenceService:
             stale_after_ms=s.stale_after_ms,
         )
         self._batchers[model] = batcher
-        self._workers[model] = asyncio.get_running_loop().create_task(self._worker(model, batcher))
+        loop = asyncio.get_running_loop()
+        self._workers[model] = [
+            loop.create_task(self._worker(model, batcher, lane)) for lane in range(s.parallel_batches)
+        ]
         return batcher
 
     def batcher(self, model: str) -> AsyncBatcher[frame_pb2.FrameRef] | None:
         return self._batchers.get(model)
 
-    async def _worker(self, model: str, batcher: AsyncBatcher[frame_pb2.FrameRef]) -> None:
+    async def _worker(self, model: str, batcher: AsyncBatcher[frame_pb2.FrameRef], lane: int = 0) -> None:
         loop = asyncio.get_running_loop()
         pool = ReaderPool()  # one per worker thread's use: attaching is not thread-safe
         detector: Detector | None = None
@@ -194,6 +202,8 @@ class InferenceService:
                 if detector is None and time.monotonic() >= next_load:
                     try:
                         detector = await loop.run_in_executor(self._executor, self.manager.get, model)
+                        if lane:
+                            detector = detector.lane()
                         batcher.max_batch = min(self.settings.max_batch, detector.max_batch)
                     except (InferenceError, BackendError) as exc:
                         _log.error("model unavailable", model=model, error=str(exc))

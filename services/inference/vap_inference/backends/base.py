@@ -35,6 +35,9 @@ class Backend(Protocol):
     precision: inference_pb2.ModelPrecision.ValueType
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
+    # Whether run() may be called from several threads at once (each caller with its own feed): ONNX
+    # Runtime sessions allow it; one TensorRT execution context with its device buffers does not.
+    concurrent_runs: bool
 
     @property
     def max_batch(self) -> int:
@@ -43,8 +46,8 @@ class Backend(Protocol):
         ...
 
     def run(self, feed: dict[str, npt.NDArray[np.generic]]) -> list[npt.NDArray[np.generic]]:
-        """Run once; returns the outputs in ``outputs`` order, batch first. Not re-entrant: the detector
-        serialises calls (its input buffers are shared)."""
+        """Run once; returns the outputs in ``outputs`` order, batch first. Concurrent calls only where
+        ``concurrent_runs`` says so (each detector lane serialises its own calls: its buffers are shared)."""
         ...
 
     def close(self) -> None: ...

@@ -84,6 +84,9 @@ class OrtBackend:
         self.outputs = [_info(o) for o in self._session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
         self._batch_cap = max(1, batch_cap)
+        # InferenceSession.run is thread-safe; with intra_op_num_threads=1 each call runs on its caller's
+        # thread, so parallel lanes use the cores without the intra-op threads' hand-offs.
+        self.concurrent_runs = True
 
     @property
     def max_batch(self) -> int:

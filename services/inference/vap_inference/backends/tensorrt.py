@@ -274,6 +274,7 @@ class TrtBackend:
                 self._ctx.detach()  # release our reference to the primary context
         self.path = onnx_path
         self.backend_kind = detection_pb2.INFERENCE_BACKEND_TENSORRT
+        self.concurrent_runs = False  # one execution context, stream and set of device buffers
         self.precision = (
             inference_pb2.MODEL_PRECISION_FP16 if used_fp16 else inference_pb2.MODEL_PRECISION_FP32
         )
