@@ -13,7 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     available = suites()
     parser = argparse.ArgumentParser(prog="python -m bench", description="VAP benchmarks")
     parser.add_argument("suite", choices=sorted(available), help="which suite to run")
-    parser.add_argument("--quick", action="store_true", help="short run (under a minute)")
+    parser.add_argument(
+        "--quick", action="store_true", help="short run (about a minute; e2e, churn and soak 2-4 minutes)"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON to PATH")
     parser.add_argument(
         "--minutes", type=float, metavar="M", help="soak: minutes at steady load (default 60; --quick 1.5)"

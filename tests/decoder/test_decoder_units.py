@@ -300,3 +300,31 @@ def test_ring_is_recreated_when_the_source_size_changes() -> None:
         assert sink.rings_created == 2
     finally:
         sink.close()
+
+
+def test_a_decoder_started_by_an_agent_that_is_gone_exits_before_decoding() -> None:
+    """The agent passes its pid; a decoder that finds itself reparented once its death signal is armed (the
+    agent was killed while the decoder's interpreter started) exits at once: otherwise it would run
+    unsupervised and hold the channel's ring against the restarted agent's decoder."""
+    import os
+    import subprocess
+
+    from vap_decoder.process import EXIT_CRASH, channel_argv
+    from vap_proto.v1.agent_pb2 import StartChannel
+    from vap_shmring.naming import SHM_DIR, ring_name
+
+    argv = channel_argv(0)
+    assert argv[argv.index("--agent-pid") + 1] == str(os.getpid())
+    channel = f"orphan-{uuid.uuid4().hex[:8]}"
+    start = StartChannel(channel_id=channel, source=source_spec(str(sample_video("vtest-576p25.mp4"))))
+    not_our_parent = 1  # init: this test (the real parent) is not it
+    done = subprocess.run(
+        [*argv[:-1], str(not_our_parent)],
+        input=start.SerializeToString(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "NATS_URL"},
+    )
+    assert done.returncode == EXIT_CRASH, done.stderr.decode()[-2000:]
+    assert not (Path(SHM_DIR) / ring_name(channel)).exists()

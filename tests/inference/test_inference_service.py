@@ -204,7 +204,8 @@ async def test_overwritten_slots_are_dropped_and_counted(
     channel_ids: list[str],
     frames: dict[int, np.ndarray],
 ) -> None:
-    service = await start_service(nats_url, models_dir, NANODET.name)
+    # One lane: the test swaps that lane's backend for one that overwrites the ring mid-inference.
+    service = await start_service(nats_url, models_dir, NANODET.name, parallel_batches=1)
     ch_before, ch_during, ch_ok = channel_ids
     rings = {
         ch: RingWriter.create(ch, width=768, height=576, pixel_format=I420, slots=2) for ch in channel_ids

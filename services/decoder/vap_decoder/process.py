@@ -7,7 +7,9 @@ Launch contract (agent -> process):
   secret ever goes on the command line.
 - environment: the agent's resolved settings as ``VAP_DECODER_*`` variables and ``NATS_URL``
   (``child_environment``), so a decoder runs with exactly its agent's defaults.
-- argv: ``--restarts N`` (how often the agent restarted this channel's process; reported in health).
+- argv: ``--restarts N`` (how often the agent restarted this channel's process; reported in health) and
+  ``--agent-pid PID`` (the agent that started it: a process whose agent died while it was still starting
+  exits instead of running unsupervised).
 
 Exit status (process -> agent): 0 = stopped on request or the file ended, ``EXIT_FAILED`` = the source
 failed permanently (do not restart), anything else (a crash, a signal) = restart with backoff.
@@ -50,7 +52,16 @@ _log = get_logger("vap.decoder.process")
 
 
 def channel_argv(process_restarts: int) -> list[str]:
-    return [sys.executable, "-m", "vap_decoder", "channel", "--restarts", str(process_restarts)]
+    return [
+        sys.executable,
+        "-m",
+        "vap_decoder",
+        "channel",
+        "--restarts",
+        str(process_restarts),
+        "--agent-pid",
+        str(os.getpid()),
+    ]
 
 
 def child_environment(settings: DecoderSettings, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -93,10 +104,14 @@ def run_channel(argv: list[str] | None = None) -> int:
         description="Decode one channel into its ring (StartChannel protobuf on stdin).",
     )
     parser.add_argument("--restarts", type=int, default=0, help="times the agent restarted this channel")
+    parser.add_argument("--agent-pid", type=int, default=0, help="the agent that started this process")
     args = parser.parse_args(argv)
-    parent = os.getppid()
+    # The death signal is armed only now, after interpreter start-up: an agent killed in between would
+    # leave us running unsupervised, writing a ring its restarted agent's decoder then cannot take over.
+    # Reparented = the agent is gone (getppid() read before arming could already be the reaper).
+    parent = args.agent_pid or os.getppid()
     _die_with_parent()
-    if os.getppid() != parent:  # the agent died before the death signal was armed
+    if os.getppid() != parent:
         return EXIT_CRASH
 
     settings = DecoderSettings.load()
