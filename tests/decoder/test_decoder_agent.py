@@ -24,6 +24,9 @@ from vap_common.paths import sample_video
 from vap_decoder.health import CONNECTING, FAILED, RECONNECTING, STOPPED, STREAMING
 from vap_decoder.process import EXIT_FAILED
 from vap_decoder.testing import (
+    FAST_AGENT_SETTINGS as FAST,
+)
+from vap_decoder.testing import (
     AgentProcess,
     FrameWatch,
     HealthWatch,
@@ -45,18 +48,6 @@ USER, PASSWORD = "admin", "Sup3r:secret@cam"
 QUOTED = quote(PASSWORD, safe="")  # as it appears in a URL
 VIDEO = sample_video("vtest-576p25.mp4")
 # Short timeouts and backoffs: every outage in these tests heals within a few seconds.
-FAST = {
-    "restart_backoff_initial_s": 0.2,
-    "restart_backoff_max_s": 1.0,
-    "stop_grace_s": 3.0,
-    "status_interval_s": 0.5,
-    "health_interval_s": 0.3,
-    "backoff_initial_s": 0.2,
-    "backoff_max_s": 1.0,
-    "open_timeout_s": 2.0,
-    "read_timeout_s": 1.0,
-    "stall_timeout_s": 2.0,
-}
 
 
 @pytest.fixture(scope="module")

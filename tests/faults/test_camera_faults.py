@@ -25,6 +25,7 @@ from nats.aio.client import Client as NatsClient
 from vap_common.paths import sample_video
 from vap_decoder.health import FAILED, RECONNECTING, STREAMING
 from vap_decoder.testing import (
+    FAST_AGENT_SETTINGS,
     AgentProcess,
     FrameWatch,
     HealthWatch,
@@ -44,19 +45,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 OK = AgentReplyCode.AGENT_REPLY_CODE_OK
 VIDEO = sample_video("vtest-576p25.mp4")
-FAST = {
-    "max_workers": 12,
-    "restart_backoff_initial_s": 0.2,
-    "restart_backoff_max_s": 1.0,
-    "stop_grace_s": 3.0,
-    "status_interval_s": 0.5,
-    "health_interval_s": 0.3,
-    "backoff_initial_s": 0.2,
-    "backoff_max_s": 1.0,
-    "open_timeout_s": 2.0,
-    "read_timeout_s": 1.0,
-    "stall_timeout_s": 2.0,
-}
+FAST = FAST_AGENT_SETTINGS | {"max_workers": 12}
 SMALL, LARGE = (320, 240), (640, 360)
 
 

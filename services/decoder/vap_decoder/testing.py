@@ -51,6 +51,22 @@ def duration(seconds: float) -> Duration:
     return d
 
 
+# Agent settings for tests: restarts, reconnects and stall detection in about a second instead of the
+# production defaults' tens of seconds.
+FAST_AGENT_SETTINGS: dict[str, float] = {
+    "restart_backoff_initial_s": 0.2,
+    "restart_backoff_max_s": 1.0,
+    "stop_grace_s": 3.0,
+    "status_interval_s": 0.5,
+    "health_interval_s": 0.3,
+    "backoff_initial_s": 0.2,
+    "backoff_max_s": 1.0,
+    "open_timeout_s": 2.0,
+    "read_timeout_s": 1.0,
+    "stall_timeout_s": 2.0,
+}
+
+
 def source_spec(url: str, **fields: Any) -> SourceSpec:
     """A SourceSpec; float values for the Duration fields (open_timeout=1.0) are converted."""
     for name in ("open_timeout", "read_timeout", "stall_timeout", "backoff_max"):
