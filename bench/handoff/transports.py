@@ -1,7 +1,7 @@
 """The transports compared by the handoff benchmark, each as a writer side and a reader side.
 
 Names are the ones the JSON rows carry: ``shmring+nats``, ``shmring``, ``mp.queue``, ``nats-payload``,
-``iceoryx2``.
+``iceoryx2``, and ``nats-floor`` (no frame: the machine's floor for anything through nats-server).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.subscription import Subscription
 
 from bench.handoff.common import STOP_T0, Frame, ReaderSide, Resolution, WriterSide
+from bench.handoff.floor import FloorReader, FloorWriter
 from vap_framebus import AsyncFrameSubscriber, FramePublisher
 from vap_proto.v1.frame_pb2 import FrameRef, PixelFormat
 from vap_shmring import RingReader, RingWriter, cleanup_stale_rings
@@ -411,6 +412,8 @@ def transports() -> list[Transport]:
             lambda s, _: Iceoryx2Reader(s),
             missing=iceoryx2_missing,
         ),
+        # Not a frame transport: the bare two-hop wake-up through nats-server, for comparison.
+        Transport("nats-floor", lambda s, _: FloorWriter(s.nats_url), lambda s, _: FloorReader(s.nats_url)),
     ]
 
 

@@ -165,6 +165,20 @@ def check_targets(rows: list[Row]) -> list[tuple[str, bool]]:
     return checks
 
 
+def floor_lines(rows: list[Row]) -> list[str]:
+    """How far ``shmring+nats`` is above ``nats-floor`` (two wake-ups through nats-server, nothing else)."""
+    floor = {r["resolution"]: r for r in rows if r["transport"] == "nats-floor" and r["p50_ms"] is not None}
+    ring = {r["resolution"]: r for r in rows if r["transport"] == "shmring+nats" and r["p50_ms"] is not None}
+    lines = []
+    for res in ring.keys() & floor.keys():
+        f, r = floor[res], ring[res]
+        lines.append(
+            f"INFO  {res}: nats-floor p50 {f['p50_ms']:.3f} / p99 {f['p99_ms']:.3f} ms; "
+            f"shmring+nats adds p50 {r['p50_ms'] - f['p50_ms']:+.3f} ms"
+        )
+    return sorted(lines)
+
+
 def run(quick: bool) -> list[Row]:
     phases = QUICK if quick else FULL
     rows: list[Row] = []
@@ -191,7 +205,8 @@ def run(quick: bool) -> list[Row]:
 
 
 def summarize(rows: list[Row]) -> list[str]:
-    return [f"{'PASS' if met else 'FAIL'}  {description}" for description, met in check_targets(rows)]
+    checks = [f"{'PASS' if met else 'FAIL'}  {description}" for description, met in check_targets(rows)]
+    return checks + floor_lines(rows)
 
 
 register(
