@@ -422,6 +422,7 @@ class Inbox:
         # Totals since start, for tests and logs (the Prometheus counters carry the same).
         self.totals = StoreResult()
         self.redelivered = 0
+        self.batches = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="vap-control-inbox")
@@ -449,6 +450,7 @@ class Inbox:
                 if self._psub is None:
                     self._psub = await self.bind()
                 msgs = await self._psub.fetch(self._settings.inbox_batch, timeout=1.0)
+                fetched = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except (nats.errors.TimeoutError, TimeoutError):
@@ -469,19 +471,24 @@ class Inbox:
                 continue
             delay = 0.5
             await self.process(msgs)
+            if len(msgs) < self._settings.inbox_batch:
+                # A short batch means we caught up: let results gather (see inbox_linger_s).
+                await asyncio.sleep(self._settings.inbox_linger_s - (time.monotonic() - fetched))
 
     async def process(self, msgs: Sequence[Msg], *, ack: bool = True) -> StoreResult | None:
         """Store one fetched batch and acknowledge it after the commit. ``ack=False`` leaves the messages
         unacknowledged (what a crash between commit and ack looks like to JetStream). None = the database was
         unreachable; nothing was acknowledged and JetStream will deliver the batch again."""
         started = time.perf_counter()
+        self.batches += 1
         redelivered = sum(1 for m in msgs if _num_delivered(m) > 1)
         if redelivered:
             self.redelivered += redelivered
             metrics.INBOX_REDELIVERED.inc(redelivered)
-        batch = parse([(m.subject, m.data) for m in msgs], store_tracks=self._settings.store_tracks)
+        raw = [(m.subject, m.data) for m in msgs]
+        batch = parse(raw, store_tracks=self._settings.store_tracks)
         try:
-            result = await self._store(batch, [(m.subject, m.data) for m in msgs])
+            result = await self._store(batch, raw)
         except psycopg.OperationalError as exc:
             _log.warning("inbox cannot reach PostgreSQL; batch will be redelivered", error=str(exc))
             await asyncio.sleep(1.0)
