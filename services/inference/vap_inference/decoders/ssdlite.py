@@ -7,7 +7,8 @@ much smaller image).
 The same graph with its NMS subgraph cut off (``ssdlite-mbv2-person-300-raw``, models/graph_fixes.py) has
 ``raw_detection_boxes`` [N,A,4] (ymin, xmin, ymax, xmax in 0..1, already decoded from the anchors by the
 graph) and ``raw_detection_scores`` [N,A,1+C] (sigmoid, background first) for every anchor A:
-``SsdLiteRawDecoder`` thresholds those and leaves the suppression to VAP's class-aware NMS.
+``SsdLiteRawDecoder`` thresholds those and leaves the suppression to VAP's class-aware NMS. That build also
+drops the graph's per-image resize Loop (a no-op for 300x300 input) and so takes exactly [N, 300, 300, 3].
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ class SsdLiteDecoder:
         if inputs[0].fixed(3) not in (3, None):
             raise ModelVerificationError(
                 f"SSDLite input {inputs[0].name} is {list(inputs[0].shape)}: need 3 channels"
+            )
+        if (inputs[0].fixed(1) or height, inputs[0].fixed(2) or width) != (height, width):
+            raise ModelVerificationError(
+                f"SSDLite input {inputs[0].name} is {list(inputs[0].shape)}: fixed to another size than "
+                f"the model's {width}x{height}"
             )
         index: dict[str, int] = {}
         for i, out in enumerate(outputs):

@@ -38,11 +38,13 @@ from vap_inference.models.verify import sha256_file, verify_file
 _log = get_logger("vap.inference.derived")
 
 DERIVED_ENV = "VAP_DERIVED_MODELS_DIR"
-# Bump when a recipe changes what it writes: old cache entries are then simply not found.
-RECIPE_VERSION = 1
-# int8: static INT8 quantisation (models/quantize.py); raw-outputs: the SSD graph without its NMS subgraph
-# (models/graph_fixes.py).
-RECIPES = ("int8", "raw-outputs")
+# Per recipe; bump one when its recipe changes what it writes: its old cache entries are then simply not
+# found (the other recipes' builds stay valid). int8: static INT8 quantisation (models/quantize.py; r2: first
+# conv in fp32 with its MaxPool moved before the LeakyRelu, one range per Concat, head convs padded to 128);
+# raw-outputs: the SSD graph without its NMS subgraph and without its per-image resize Loop
+# (models/graph_fixes.py; r2 added the resize Loop).
+RECIPE_VERSIONS: dict[str, int] = {"int8": 2, "raw-outputs": 2}
+RECIPES = tuple(RECIPE_VERSIONS)
 # Frames of the calibration video for the agreement check: every 40th from 25, none used for calibration.
 AGREEMENT_FRAMES: tuple[int, ...] = tuple(range(25, 795, 40))
 AGREEMENT_IOU = 0.5
@@ -87,8 +89,12 @@ def derived_models_dir() -> Path:
     return REPO_ROOT / ".vap" / "models" / "derived"
 
 
+def recipe_version(spec: ModelSpec) -> int:
+    return RECIPE_VERSIONS.get(spec.recipe, 0)
+
+
 def cache_path(spec: ModelSpec, base_sha256: str) -> Path:
-    return derived_models_dir() / f"{spec.name}.{base_sha256[:16]}.r{RECIPE_VERSION}.onnx"
+    return derived_models_dir() / f"{spec.name}.{base_sha256[:16]}.r{recipe_version(spec)}.onnx"
 
 
 def _record_path(path: Path) -> Path:
@@ -140,11 +146,12 @@ def verify_derived(spec: ModelSpec, path: Path, base_sha256: str) -> str:
         raise ModelVerificationError(
             f"model {spec.name!r}: no readable build record for {path}: {exc}; {hint}"
         ) from exc
-    if record.get("base_sha256") != base_sha256 or record.get("recipe_version") != RECIPE_VERSION:
+    version = recipe_version(spec)
+    if record.get("base_sha256") != base_sha256 or record.get("recipe_version") != version:
         raise ModelVerificationError(
             f"model {spec.name!r}: {path} was built from base {str(record.get('base_sha256'))[:12]} "
             f"recipe r{record.get('recipe_version')}, not from the current {base_sha256[:12]} "
-            f"r{RECIPE_VERSION}; {hint}"
+            f"r{version}; {hint}"
         )
     if record.get("sha256") != digest:
         raise ModelVerificationError(
@@ -201,7 +208,7 @@ def build_derived(spec: ModelSpec, base_path: Path, base_sha256: str, path: Path
             base_sha256=base_sha256,
             sha256=sha256_file(out),
             recipe=spec.recipe,
-            recipe_version=RECIPE_VERSION,
+            recipe_version=recipe_version(spec),
             onnxruntime=onnxruntime.__version__,
             onnx=onnx.__version__,
             calibration_video=quantize.CALIBRATION_VIDEO if calibrated else "",
@@ -227,11 +234,12 @@ def build_derived(spec: ModelSpec, base_path: Path, base_sha256: str, path: Path
 def _cut_postprocessing(base_path: Path, out: Path) -> None:
     import onnx
 
-    from vap_inference.models.graph_fixes import cut_ssd_postprocessing
+    from vap_inference.models.graph_fixes import cut_ssd_postprocessing, replace_ssd_resize_loop
 
     model = onnx.load(str(base_path))
     try:
         cut_ssd_postprocessing(model)
+        replace_ssd_resize_loop(model)
     except ValueError as exc:
         raise ModelVerificationError(f"{base_path.name}: {exc}") from exc
     onnx.save(model, str(out))
