@@ -95,3 +95,34 @@ def test_max_channels_is_the_largest_ok_run() -> None:
     ]
     assert max_channels(rows, "m") == 2
     assert max_channels(rows, "absent") == 0
+
+
+def test_pss_counts_a_shared_page_once_where_rss_counts_it_per_process() -> None:
+    import mmap
+    import signal
+
+    size = 64 * 2**20
+    shared = mmap.mmap(-1, size)  # anonymous MAP_SHARED: inherited by forked children
+    shared.write(b"\x01" * size)
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # a process and its own child both read every page, then wait to be killed
+        try:
+            os.fork()
+            sum(shared[i] for i in range(0, size, 4096))
+            os.write(ready_w, b"x")
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    try:
+        assert len(os.read(ready_r, 1) + os.read(ready_r, 1)) == 2
+        rss = procstats.tree_rss_mb(child)
+        uss, pss = procstats.tree_private_mb(child)
+        # Three processes share the 64 MB: RSS of the two-process tree counts it twice, PSS two thirds.
+        assert rss - pss > 64
+        assert uss < pss < rss
+    finally:
+        for proc in procstats.tree(child)[::-1]:
+            os.kill(proc.pid, signal.SIGKILL)
+        os.waitpid(child, 0)
+        shared.close()

@@ -60,6 +60,21 @@ def tree_uss_mb(pid: int) -> float:
     return total / 2**20
 
 
+def tree_private_mb(pid: int) -> tuple[float, float]:
+    """(USS, PSS) of the tree in MB. PSS charges each shared page to its sharers in equal parts (a ring
+    segment mapped by a decoder and by inference, PostgreSQL's shared buffers touched by every backend), so
+    summed over processes it counts every page once: the fair measure of a tree's memory over time."""
+    uss = pss = 0
+    for proc in tree(pid):
+        try:
+            info = proc.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        uss += info.uss
+        pss += getattr(info, "pss", info.uss)
+    return uss / 2**20, pss / 2**20
+
+
 def rss_mb(pid: int) -> float:
     """RSS of the process alone (without its children)."""
     try:
