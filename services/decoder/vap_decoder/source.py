@@ -61,6 +61,8 @@ class SourcePlan:
     loop: bool = False
     thread_type: str = "SLICE"
     thread_count: int = 0
+    # AVCodecContext options, applied when the decoder opens (at the first packet).
+    codec_options: dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # dataclass' repr would print the URL with its credentials
         return f"SourcePlan({self.kind.value}, {self.redacted_url!r})"
@@ -87,6 +89,7 @@ def plan_source(spec: SourceSpec, settings: DecoderSettings) -> SourcePlan:
         "read_timeout_s": read_timeout,
         "thread_count": settings.decode_threads,
         "thread_type": settings.live_thread_type,
+        "codec_options": {"skip_loop_filter": "all"} if settings.skip_loop_filter else {},
     }
     if raw.isdigit():
         return SourcePlan(SourceKind.WEBCAM, format="v4l2", **{**common, "url": f"/dev/video{int(raw)}"})
@@ -166,6 +169,8 @@ class OpenSource:
         self.stream.thread_type = plan.thread_type
         if plan.thread_count:
             self.stream.codec_context.thread_count = plan.thread_count
+        if plan.codec_options:
+            self.stream.codec_context.options = {**self.stream.codec_context.options, **plan.codec_options}
         self.codec = self.stream.codec_context.name or ""
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.source_fps = float(rate) if rate else 0.0
