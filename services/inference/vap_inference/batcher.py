@@ -18,7 +18,6 @@ Policy:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -106,36 +105,67 @@ class Batcher(Generic[T]):
 
 
 class AsyncBatcher(Batcher[T]):
-    """Batcher plus ``await next_batch()``. All methods run on one event loop (no locks needed)."""
+    """Batcher plus ``await next_batch()``. All methods run on one event loop (no locks needed).
+
+    Wake-ups cost CPU per frame on the loop (each one a task step and often a blocking epoll round), so
+    the waiting is lean: one caller at a time waits for readiness (the service's other lanes queue on
+    ``_turn`` and are woken once, when the batch they wait for was taken, not by every frame), it sleeps
+    on a bare future, and ``add`` wakes it only when a batch becomes ready now (full) or arms one timer at
+    the max-wait deadline when the first frame comes in; frames that merely join a waiting batch wake
+    nobody."""
 
     def __init__(self, *, max_batch: int, max_wait_ms: float, stale_after_ms: float) -> None:
         super().__init__(max_batch=max_batch, max_wait_ms=max_wait_ms, stale_after_ms=stale_after_ms)
-        self._wakeup = asyncio.Event()
+        self._turn = asyncio.Lock()
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def add(self, channel: str, item: T, *, now_ns: int | None = None, capture_wall_ns: int = 0) -> bool:
-        replaced = super().add(
-            channel,
-            item,
-            now_ns=time.monotonic_ns() if now_ns is None else now_ns,
-            capture_wall_ns=capture_wall_ns,
-        )
-        self._wakeup.set()
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        replaced = super().add(channel, item, now_ns=now, capture_wall_ns=capture_wall_ns)
+        if self._waiter is not None and self._timer is None:
+            # A waiter without a timer is waiting for a first frame (a replacement or a frame joining a
+            # batch under way keeps the deadline, which only the oldest pending frame sets).
+            self._arm(now)
+        elif self._waiter is not None and len(self._pending) >= self.max_batch:
+            self._wake()
         return replaced
+
+    def _arm(self, now_ns: int) -> None:
+        ready = self.ready_at_ns()
+        if ready is None:
+            return
+        delay_ns = ready - now_ns
+        if delay_ns <= 0:
+            self._wake()
+        else:
+            self._timer = asyncio.get_running_loop().call_later(delay_ns / 1e9, self._wake)
+
+    def _wake(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def next_batch(self) -> tuple[list[Pending[T]], list[Pending[T]]]:
         """Wait until a batch is ready; returns (batch, stale). The batch may be empty when every pending
-        frame was stale."""
-        while True:
-            ready = self.ready_at_ns()
-            if ready is None:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            delay = (ready - time.monotonic_ns()) / 1e9
-            if delay > 0:
-                # Wake up early when the batch fills (add() sets the event), else at the deadline.
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), delay)
-                continue
-            return self.take(now_ns=time.monotonic_ns(), wall_ns=time.time_ns())
+        frame was stale. Callers take turns: the first waits for readiness, the others for it to be done."""
+        async with self._turn:
+            while True:
+                now = time.monotonic_ns()
+                ready = self.ready_at_ns()
+                if ready is not None and ready <= now:
+                    return self.take(now_ns=now, wall_ns=time.time_ns())
+                self._waiter = waiter = asyncio.get_running_loop().create_future()
+                try:
+                    # Wakes up when the batch fills (add), else at the deadline: armed here when frames
+                    # are already pending, by add() when the first one comes.
+                    self._arm(now)
+                    await waiter
+                finally:
+                    self._waiter = None
+                    if self._timer is not None:
+                        self._timer.cancel()
+                        self._timer = None

@@ -5,6 +5,8 @@ Labels are model names and fixed reasons/stages only (never channel ids with cre
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from prometheus_client import Counter, Gauge, Histogram
 
 FRAMES_RECEIVED = Counter("vap_inference_frames_received", "FrameRefs received from the bus", ["model"])
@@ -35,3 +37,40 @@ STAGE_SECONDS = Histogram(
 DETECT_REQUESTS = Counter("vap_inference_detect_requests", "gRPC Detect requests by status code", ["code"])
 
 STAGES = ("queue_wait", "preprocess", "inference", "postprocess")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetrics:
+    """One model's labelled children, looked up once: ``labels()`` takes a lock and builds a key tuple
+    per call, a cost the per-frame paths (receive, publish, stage timings) need not pay each time."""
+
+    model: str
+    received: Counter
+    published: Counter
+    queue_depth: Gauge
+    batch_size: Histogram
+    stages: dict[str, Histogram]
+    _dropped: dict[str, Counter] = field(default_factory=dict)
+
+    def dropped(self, reason: str) -> Counter:
+        child = self._dropped.get(reason)
+        if child is None:
+            child = self._dropped[reason] = FRAMES_DROPPED.labels(self.model, reason)
+        return child
+
+
+_BY_MODEL: dict[str, ModelMetrics] = {}
+
+
+def for_model(model: str) -> ModelMetrics:
+    m = _BY_MODEL.get(model)
+    if m is None:
+        m = _BY_MODEL[model] = ModelMetrics(
+            model,
+            FRAMES_RECEIVED.labels(model),
+            FRAMES_PUBLISHED.labels(model),
+            QUEUE_DEPTH.labels(model),
+            BATCH_SIZE.labels(model),
+            {stage: STAGE_SECONDS.labels(model, stage) for stage in STAGES},
+        )
+    return m

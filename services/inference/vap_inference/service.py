@@ -50,6 +50,11 @@ def _us(ns: int) -> int:
     return max(0, ns // 1000)
 
 
+def _fail(done: asyncio.Future[None], exc: BaseException) -> None:
+    if not done.done():
+        done.set_exception(exc)
+
+
 @dataclass
 class _ScenarioState:
     revision: int
@@ -74,6 +79,7 @@ class InferenceService:
             max_workers=max(4, settings.parallel_batches + 2), thread_name_prefix="vap-inference"
         )
         self._closing = False
+        self._subjects: dict[str, str] = {}  # channel id -> detections subject
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -131,12 +137,13 @@ class InferenceService:
         batcher = self._batchers.get(model)
         if batcher is None:  # not `or`: an empty batcher is falsy (it has __len__)
             batcher = self._start_worker(model)
+        m = metrics.for_model(model)
         self.counters["received"] += 1
-        metrics.FRAMES_RECEIVED.labels(model).inc()
+        m.received.inc()
         if batcher.add(ref.channel_id, ref, capture_wall_ns=ref.capture_time_ns):
             self.counters["superseded"] += 1
-            metrics.FRAMES_DROPPED.labels(model, "superseded").inc()
-        metrics.QUEUE_DEPTH.labels(model).set(len(batcher))
+            m.dropped("superseded").inc()
+        m.queue_depth.set(len(batcher))
 
     def _on_config(self, subject: str, payload: bytes) -> None:
         config = scenario_pb2.ScenarioConfig.FromString(payload)
@@ -196,6 +203,7 @@ class InferenceService:
         loop = asyncio.get_running_loop()
         pool = ReaderPool()  # one per worker thread's use: attaching is not thread-safe
         detector: Detector | None = None
+        m = metrics.for_model(model)
         next_load = 0.0
         try:
             while not self._closing:
@@ -209,7 +217,7 @@ class InferenceService:
                         _log.error("model unavailable", model=model, error=str(exc))
                         next_load = time.monotonic() + RELOAD_AFTER_S
                 batch, stale = await batcher.next_batch()
-                metrics.QUEUE_DEPTH.labels(model).set(len(batcher))
+                m.queue_depth.set(len(batcher))
                 if stale:
                     self._drop(model, "stale", len(stale))
                 if not batch:
@@ -218,20 +226,58 @@ class InferenceService:
                     self._drop(model, "model_unavailable", len(batch))
                     continue
                 start = time.monotonic_ns()
-                messages = await loop.run_in_executor(
-                    self._executor, self.process_batch, detector, pool, batch, start
-                )
-                for subject, message in messages:
-                    message.publish_time_ns = time.time_ns()
-                    self._bus.publish(subject, message.SerializeToString())
-                self.counters["published"] += len(messages)
-                metrics.FRAMES_PUBLISHED.labels(model).inc(len(messages))
+                done: asyncio.Future[None] = loop.create_future()
+                self._executor.submit(self._run_batch, loop, done, m, detector, pool, batch, start)
+                await done
         finally:
             pool.close()
 
+    def _run_batch(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        done: asyncio.Future[None],
+        m: metrics.ModelMetrics,
+        detector: Detector,
+        pool: ReaderPool,
+        batch: list[Pending[frame_pb2.FrameRef]],
+        start_ns: int,
+    ) -> None:
+        """process_batch in a worker thread, then one hop to the loop that publishes the results there and
+        then. (run_in_executor would take two: its future's state is copied over by one callback, which
+        then schedules the waiting task, and only that task step would publish.)"""
+        try:
+            messages = self.process_batch(detector, pool, batch, start_ns)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_fail, done, exc)
+            raise
+        loop.call_soon_threadsafe(self._publish, done, m, messages)
+
+    def _publish(
+        self,
+        done: asyncio.Future[None],
+        m: metrics.ModelMetrics,
+        messages: list[tuple[str, detection_pb2.FrameDetections]],
+    ) -> None:
+        for subject, message in messages:
+            message.publish_time_ns = time.time_ns()
+            self._bus.publish(subject, message.SerializeToString())
+        self.counters["published"] += len(messages)
+        m.published.inc(len(messages))
+        if not done.done():
+            done.set_result(None)
+
     def _drop(self, model: str, reason: str, count: int = 1) -> None:
         self.counters[reason] += count
-        metrics.FRAMES_DROPPED.labels(model, reason).inc(count)
+        metrics.for_model(model).dropped(reason).inc(count)
+
+    def _subject(self, channel_id: str) -> str:
+        # Escaping the channel id into a subject token is per character in Python: once per channel.
+        subject = self._subjects.get(channel_id)
+        if subject is None:
+            if len(self._subjects) >= 4096:  # channels come and go; keep the cache bounded
+                self._subjects.clear()
+            subject = self._subjects[channel_id] = subjects.detections(channel_id)
+        return subject
 
     def process_batch(
         self,
@@ -243,6 +289,7 @@ class InferenceService:
         """Preprocess from the rings, infer, postprocess (worker thread). Returns (subject, message) pairs;
         publish_time_ns is set by the caller right before publishing."""
         model = detector.name
+        m = metrics.for_model(model)
         prepared: list[tuple[Pending[frame_pb2.FrameRef], Letterbox, int]] = []
         out: list[tuple[str, detection_pb2.FrameDetections]] = []
         with detector.lock:
@@ -275,8 +322,8 @@ class InferenceService:
                 _log.error("inference failed", model=model, batch=n, error=str(exc))
                 return out
             infer_us = (time.perf_counter_ns() - t0) // 1000
-            metrics.BATCH_SIZE.labels(model).observe(n)
-            metrics.STAGE_SECONDS.labels(model, "inference").observe(infer_us / 1e6)
+            m.batch_size.observe(n)
+            m.stages["inference"].observe(infer_us / 1e6)
             for index, (entry, lb, pre_us) in enumerate(prepared):
                 ref = entry.item
                 t0 = time.perf_counter_ns()
@@ -309,18 +356,16 @@ class InferenceService:
                 )
                 post_us = (time.perf_counter_ns() - t0) // 1000
                 wait_us = _us(start_ns - entry.arrival_ns)
-                msg.stats.CopyFrom(
-                    detection_pb2.InferenceStats(
-                        model_name=model,
-                        batch_size=n,
-                        queue_wait_us=wait_us,
-                        preprocess_us=pre_us,
-                        inference_us=infer_us,
-                        postprocess_us=post_us,
-                        backend=detector.backend.backend_kind,
-                    )
-                )
-                for stage, us in (("queue_wait", wait_us), ("preprocess", pre_us), ("postprocess", post_us)):
-                    metrics.STAGE_SECONDS.labels(model, stage).observe(us / 1e6)
-                out.append((subjects.detections(ref.channel_id), msg))
+                stats = msg.stats  # filled in place: a separate InferenceStats would be built, then copied
+                stats.model_name = model
+                stats.batch_size = n
+                stats.queue_wait_us = wait_us
+                stats.preprocess_us = pre_us
+                stats.inference_us = infer_us
+                stats.postprocess_us = post_us
+                stats.backend = detector.backend.backend_kind
+                m.stages["queue_wait"].observe(wait_us / 1e6)
+                m.stages["preprocess"].observe(pre_us / 1e6)
+                m.stages["postprocess"].observe(post_us / 1e6)
+                out.append((self._subject(ref.channel_id), msg))
         return out
