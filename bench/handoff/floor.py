@@ -61,6 +61,7 @@ class _Inbox:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.t0s: deque[int] = deque()
+        self.pongs = 0
 
     def on_msg(self, subject: str, sid: int, reply: str, payload: bytes) -> None:
         self.t0s.append(_T0.unpack(payload)[0])
@@ -69,7 +70,7 @@ class _Inbox:
         self.sock.sendall(PONG)
 
     def on_pong(self) -> None:
-        pass
+        self.pongs += 1
 
     def on_info(self, info: dict[str, Any]) -> None:
         pass
@@ -96,11 +97,8 @@ class FloorReader(ReaderSide):
         self._parser = parser
         # PING after SUB: once its PONG is back the server has the subscription.
         sock.sendall(sub_command(SUBJECT, 1) + b"PING\r\n")
-        pongs: list[bool] = []
-        self._inbox.on_pong = lambda: pongs.append(True)  # type: ignore[method-assign]
-        while not pongs:
+        while not self._inbox.pongs:
             parser.feed(sock.recv(65536))
-        self._inbox.on_pong = lambda: None  # type: ignore[method-assign]
 
     async def receive(self) -> tuple[int, Frame | None]:
         assert self._sock is not None and self._inbox is not None and self._parser is not None
