@@ -258,9 +258,13 @@ class InferenceService:
         m: metrics.ModelMetrics,
         messages: list[tuple[str, detection_pb2.FrameDetections]],
     ) -> None:
-        for subject, message in messages:
-            message.publish_time_ns = time.time_ns()
-            self._bus.publish(subject, message.SerializeToString())
+        try:
+            for subject, message in messages:
+                message.publish_time_ns = time.time_ns()
+                self._bus.publish(subject, message.SerializeToString())
+        except Exception as exc:  # the lane awaiting `done` raises it, as it did when it published itself
+            _fail(done, exc)
+            return
         self.counters["published"] += len(messages)
         m.published.inc(len(messages))
         if not done.done():
