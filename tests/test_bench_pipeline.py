@@ -16,7 +16,7 @@ from bench.pipeline import procstats
 from bench.pipeline.prom import scrape, total
 from bench.pipeline.subscriber import percentile
 from bench.suites.e2e import max_channels
-from bench.suites.soak import slope_mb_h
+from bench.suites.soak import memory_trend, slope_mb_h
 
 
 @given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=200), st.floats(0.0, 1.0))
@@ -44,6 +44,27 @@ def test_slope_needs_two_points() -> None:
     assert slope_mb_h([1.0], [5.0]) == 0.0
 
 
+def _soak_samples(mb_at_minute) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
+    times = [i * 10.0 for i in range(6 * 90)]  # 90 minutes, a sample every 10 s
+    return times, [mb_at_minute(t / 60) for t in times]
+
+
+def test_soak_passes_a_cache_that_fills_then_levels_off() -> None:
+    # PostgreSQL's shared buffers: +200 MB/h for 35 minutes, then full.
+    trend = memory_trend(*_soak_samples(lambda m: 44 + 200 * min(m, 35) / 60))
+    assert trend["ok"]
+    assert trend["pss_slope_mb_h"] > 10  # the post-warm-up slope still sees the fill...
+    assert abs(trend["pss_tail_slope_mb_h"]) < 1e-6  # ...the verdict's tail does not
+    assert trend["pss_trace_mb"][0] == 44 and trend["pss_trace_mb"][-1] == round(44 + 200 * 35 / 60, 1)
+
+
+@given(st.floats(12, 500), st.floats(0, 60))
+def test_soak_fails_a_leak_whenever_it_starts(mb_per_h: float, starts_at_minute: float) -> None:
+    trend = memory_trend(*_soak_samples(lambda m: 100 + mb_per_h * max(0.0, m - starts_at_minute) / 60))
+    assert not trend["ok"]
+    assert trend["pss_tail_slope_mb_h"] > 10
+
+
 def test_scrape_sums_labels_keeps_reasons_and_skips_created() -> None:
     registry = prometheus_client.CollectorRegistry()
     dropped = prometheus_client.Counter("t_frames_dropped", "x", ["reason", "model"], registry=registry)
@@ -62,7 +83,7 @@ def test_scrape_sums_labels_keeps_reasons_and_skips_created() -> None:
 
 
 def test_scrape_of_nothing_is_empty() -> None:
-    from bench.pipeline.stack import free_port_block
+    from vap_common.ports import free_port_block
 
     assert scrape(free_port_block(1), timeout=1.0) == {}
 

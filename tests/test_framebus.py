@@ -21,6 +21,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from vap_common.embedded_nats import EmbeddedNats, nats_server_binary
+from vap_common.ports import free_tcp_port
 from vap_framebus import (
     AsyncFrameSubscriber,
     AuthorizationError,
@@ -47,12 +48,6 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.005)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -274,7 +269,7 @@ async def test_tls_and_bad_urls_are_refused() -> None:
 
 
 async def test_unreachable_then_fallback_url(nats_url: str) -> None:
-    dead = f"nats://127.0.0.1:{free_port()}"
+    dead = f"nats://127.0.0.1:{free_tcp_port()}"
     with pytest.raises(FrameBusConnectionError, match="could not connect"):
         FramePublisher(connect_timeout=1).connect(dead)
     with pytest.raises(FrameBusConnectionError, match="could not connect"):
@@ -296,7 +291,7 @@ def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A nats-server with credentials, max_payload 1 KiB and a server PING every 100 ms (at most one
     unanswered): a client that does not answer PINGs is cut after ~0.2 s."""
     directory = tmp_path_factory.mktemp("strict-nats")
-    port = free_port()
+    port = free_tcp_port()
     config = directory / "nats.conf"
     config.write_text(
         f'host: "127.0.0.1"\nport: {port}\nping_interval: "100ms"\nping_max: 1\nmax_payload: 1024\n'
@@ -373,7 +368,7 @@ async def test_server_pings_are_answered(strict_server: str) -> None:
 
 
 async def test_reconnect_after_server_restart(tmp_path: Path) -> None:
-    server = EmbeddedNats(tmp_path / "nats", monitoring=False, port=free_port())
+    server = EmbeddedNats(tmp_path / "nats", monitoring=False, port=free_tcp_port())
     url = server.start()
     pub = FramePublisher(**FAST)
     sub = AsyncFrameSubscriber(**FAST)

@@ -22,6 +22,7 @@ from typing import Any, TypeAlias
 import psutil
 
 from vap_common.paths import sample_video
+from vap_common.ports import free_port_block
 from vap_proto.v1 import control_pb2, control_pb2_grpc, scenario_pb2
 from vap_rtspcam import RtspCamera, unavailable_reason
 from vap_stack.config import Camera, Ports, SiteConfig
@@ -48,24 +49,6 @@ def _quiet(message: str) -> None:
     """vap up's progress lines: only the ones that matter to someone watching a benchmark."""
     if "fetching" in message or "exited" in message:
         print(f"  stack: {message}", flush=True)
-
-
-def free_port_block(count: int) -> int:
-    """A base port with ``count`` consecutive free ports after it (the services' metrics ports)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + count > 65535:
-            continue
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError(f"no block of {count} free ports")
 
 
 def missing_reason(models: Sequence[str]) -> str | None:

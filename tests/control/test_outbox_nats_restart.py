@@ -3,7 +3,6 @@ NATS is back (same port, as after a server restart) the relay delivers them to t
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import pytest_asyncio
 
 from vap_common.embedded_nats import EmbeddedNats
+from vap_common.ports import free_tcp_port
 from vap_control.testing import RunningControl, control_settings, running_control, wait_for
 from vap_proto.v1 import control_pb2, scenario_pb2, source_pb2
 
@@ -22,18 +22,12 @@ pytestmark = pytest.mark.integration
 S = scenario_pb2.ScenarioStatus
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RestartableNats:
     """A NATS server of this module only, restartable on the same port and JetStream store."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_tcp_port()
         self.server: EmbeddedNats | None = None
         self.url = f"nats://127.0.0.1:{self.port}"
 

@@ -21,6 +21,7 @@ from nats.aio.client import Client as NatsClient
 
 from vap_common import subjects
 from vap_common.paths import sample_video
+from vap_common.ports import free_tcp_port
 from vap_decoder.health import CONNECTING, FAILED, RECONNECTING, STOPPED, STREAMING
 from vap_decoder.process import EXIT_FAILED
 from vap_decoder.testing import (
@@ -37,7 +38,6 @@ from vap_decoder.testing import (
     stop_command,
 )
 from vap_proto.v1.agent_pb2 import AgentReply, AgentReplyCode, AgentStatus
-from vap_rtspcam.controller import free_tcp_port
 from vap_rtspcam.fixtures import RtspCameraFactory
 from vap_shmring import SHM_DIR, ring_name
 

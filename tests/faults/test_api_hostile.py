@@ -27,9 +27,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vap_common.ports import free_tcp_port
 from vap_control.testing import ControlProcess, drop_database, fresh_database
 from vap_proto.v1 import control_pb2, inference_pb2
-from vap_rtspcam.controller import free_tcp_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

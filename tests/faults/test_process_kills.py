@@ -21,9 +21,10 @@ import psycopg
 import pytest
 
 from vap_common import subjects
-from vap_common.embedded_nats import EmbeddedNats, free_port
+from vap_common.embedded_nats import EmbeddedNats
 from vap_common.embedded_pg import EmbeddedPostgres
 from vap_common.paths import sample_video
+from vap_common.ports import free_tcp_port
 from vap_control import lifecycle
 from vap_rtspcam import RtspCamera, unavailable_reason
 from vap_shmring import SHM_DIR, ring_name
@@ -40,8 +41,8 @@ class Servers:
     """This module's NATS and PostgreSQL, each restartable on the same port and data directory."""
 
     def __init__(self, directory: Path) -> None:
-        self.nats = EmbeddedNats(directory / "nats", port=free_port(), monitoring=False)
-        self.pg = EmbeddedPostgres(directory / "pg", durable=False, port=free_port())
+        self.nats = EmbeddedNats(directory / "nats", port=free_tcp_port(), monitoring=False)
+        self.pg = EmbeddedPostgres(directory / "pg", durable=False, port=free_tcp_port())
         self.nats_url = self.nats.start()
         self.database_url = self.pg.start()
 

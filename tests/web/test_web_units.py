@@ -356,7 +356,7 @@ async def test_watch_streams_raw_frames_and_says_when_the_ring_is_elsewhere(
     encoder = FrameEncoder(max_width=0)
     watches = Watches(client, bus, encoder, settings)
     channel = f"web-test-{uuid.uuid4().hex}"
-    viewer = Viewer()
+    viewer = Viewer("token")
     frames: list[dict[str, Any]] = []
     notices: list[str] = []
 
@@ -383,7 +383,7 @@ async def test_watch_streams_raw_frames_and_says_when_the_ring_is_elsewhere(
         with RingWriter.create(
             channel, width=64, height=48, pixel_format=PF.PIXEL_FORMAT_I420, slots=4
         ) as ring:
-            await watches.join("scenario-1", channel, "token", viewer)
+            await watches.join("scenario-1", channel, viewer)
             assert len(watches) == 1
             refs = (write_frame(ring, _picture(64, 48), sequence=i) for i in range(1000))
             stop = asyncio.Event()

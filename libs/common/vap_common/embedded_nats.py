@@ -31,7 +31,6 @@ from vap_common.embedded_proc import (
     EmbeddedServerError,
     cmdline,
     file_size,
-    free_tcp_port,
     kill_leftovers,
     log_tail,
     pid_alive,
@@ -40,6 +39,7 @@ from vap_common.embedded_proc import (
     tcp_accepts,
     wait_until,
 )
+from vap_common.ports import free_tcp_port
 
 _log = logging.getLogger("vap_common.embedded")
 
@@ -316,7 +316,7 @@ class EmbeddedNatsCluster:
         return ",".join(self.urls)
 
     def start(self) -> list[str]:
-        route_ports = tuple(free_port() for _ in range(self.size))
+        route_ports = tuple(free_tcp_port(HOST) for _ in range(self.size))
         self.servers = [
             EmbeddedNats(
                 self.directory / f"n{i}",
@@ -346,8 +346,3 @@ class EmbeddedNatsCluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def free_port() -> int:
-    """A TCP port free at this moment on HOST (for listeners whose port others must know in advance)."""
-    return free_tcp_port(HOST)

@@ -38,7 +38,6 @@ from vap_common.embedded_proc import (
     RunAs,
     chown_tree,
     file_size,
-    free_tcp_port,
     kill_leftovers,
     log_tail,
     pid_alive,
@@ -49,6 +48,7 @@ from vap_common.embedded_proc import (
     unprivileged_user,
     wait_until,
 )
+from vap_common.ports import free_tcp_port
 
 _log = logging.getLogger("vap_common.embedded")
 

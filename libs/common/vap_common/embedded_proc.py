@@ -349,14 +349,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float, *, interval: float
         time.sleep(interval)
 
 
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago. Callers retry on a bind failure: another process may take it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def tcp_accepts(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):

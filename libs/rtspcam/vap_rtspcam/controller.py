@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -34,6 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 from urllib.parse import quote
+
+from vap_common.ports import free_tcp_port
 
 SERVER_SCRIPT = Path(__file__).with_name("gst_rtsp_server.py")
 # The interpreter that has python3-gi (Debian's); overridable for machines with gi elsewhere.
@@ -72,13 +73,6 @@ def unavailable_reason(python: str = SYSTEM_PYTHON) -> str | None:
             "(install scripts/apt-packages.txt)"
         )
     return None
-
-
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago; start() retries with a new one if it got taken meanwhile."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class RtspCamera:

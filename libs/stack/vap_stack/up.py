@@ -40,6 +40,7 @@ import yaml
 
 from vap_common.embedded import EmbeddedServerError, EmbeddedServers
 from vap_common.paths import MODELS_ENV, REPO_ROOT, models_dir
+from vap_common.ports import free_tcp_port
 from vap_proto.v1 import control_pb2, control_pb2_grpc, scenario_pb2
 from vap_stack.config import Camera, SiteConfig
 from vap_stack.supervise import Service, StackError, Supervisor, child_environment
@@ -50,14 +51,8 @@ STATE_FILE = "stack.json"
 TOKEN_FILE = "api-token"  # noqa: S105 - a file name, not a secret
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _port(fixed: int) -> int:
-    return fixed if fixed else _free_port()
+    return fixed if fixed else free_tcp_port()
 
 
 def _port_free(port: int) -> bool:

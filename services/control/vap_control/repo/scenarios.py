@@ -376,6 +376,15 @@ async def release_worker(conn: Conn, scenario_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM workers WHERE scenario_id = %s", (scenario_id,))
 
 
+# Agents seen within %s seconds on nodes not drained, as ``a``, with their placed workers' count ``w.n``.
+_LIVE_UNDRAINED_AGENTS = (
+    " FROM agents a"
+    " LEFT JOIN (SELECT agent_id, count(*) AS n FROM workers GROUP BY agent_id) w USING (agent_id)"
+    " LEFT JOIN nodes d ON d.node_id = a.node_id"
+    " WHERE a.last_seen >= now() - make_interval(secs => %s) AND NOT coalesce(d.draining, false)"
+)
+
+
 async def pick_agent(
     conn: Conn,
     *,
@@ -388,11 +397,8 @@ async def pick_agent(
     ``selector`` and which serves ``model`` (a node listing no models serves any): the most free slots
     first (placements count as load at once), then the least loaded, then by id."""
     cur = await conn.execute(
-        "SELECT a.agent_id FROM agents a"
-        " LEFT JOIN (SELECT agent_id, count(*) AS n FROM workers GROUP BY agent_id) w USING (agent_id)"
-        " LEFT JOIN nodes d ON d.node_id = a.node_id"
-        " WHERE a.last_seen >= now() - make_interval(secs => %s) AND coalesce(w.n, 0) < a.max_workers"
-        " AND NOT (a.agent_id = ANY(%s)) AND NOT coalesce(d.draining, false) AND a.labels @> %s"
+        "SELECT a.agent_id" + _LIVE_UNDRAINED_AGENTS + " AND coalesce(w.n, 0) < a.max_workers"
+        " AND NOT (a.agent_id = ANY(%s)) AND a.labels @> %s"
         " AND (%s = '' OR cardinality(a.models) = 0 OR %s = ANY(a.models))"
         " ORDER BY a.max_workers - coalesce(w.n, 0) DESC,"
         " coalesce(w.n, 0)::float8 / greatest(a.max_workers, 1), a.agent_id LIMIT 1",
@@ -405,10 +411,7 @@ async def pick_agent(
 async def capacity(conn: Conn, *, agent_timeout_s: float) -> tuple[int, int]:
     """(live agents, live agents with a free decoder slot), drained nodes left out."""
     cur = await conn.execute(
-        "SELECT count(*), count(*) FILTER (WHERE coalesce(w.n, 0) < a.max_workers) FROM agents a"
-        " LEFT JOIN (SELECT agent_id, count(*) AS n FROM workers GROUP BY agent_id) w USING (agent_id)"
-        " LEFT JOIN nodes d ON d.node_id = a.node_id"
-        " WHERE a.last_seen >= now() - make_interval(secs => %s) AND NOT coalesce(d.draining, false)",
+        "SELECT count(*), count(*) FILTER (WHERE coalesce(w.n, 0) < a.max_workers)" + _LIVE_UNDRAINED_AGENTS,
         (agent_timeout_s,),
     )
     found = await cur.fetchone()

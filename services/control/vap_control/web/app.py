@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from vap_common.logs import get_logger
 from vap_control.web import auth, metrics
 from vap_control.web.control import ControlClient
-from vap_control.web.live import Viewer, Watches
+from vap_control.web.live import Viewer, ViewerClosed, Watches
 from vap_control.web.settings import WebSettings
 
 _log = get_logger("vap.web")
@@ -40,6 +40,8 @@ CLIENT = web.AppKey("client", ControlClient)
 WATCHES = web.AppKey("watches", Watches)
 SETTINGS = web.AppKey("settings", WebSettings)
 CHECKER = web.AppKey("checker", auth.TokenChecker)
+# WebSocket close code of a live view whose token was refused: the page goes to the login form.
+CLOSE_TOKEN_REFUSED = 4401
 
 _HTTP_OF_GRPC: dict[grpc.StatusCode, type[web.HTTPException]] = {
     grpc.StatusCode.NOT_FOUND: web.HTTPNotFound,
@@ -162,12 +164,16 @@ async def live(request: web.Request) -> web.StreamResponse:
         raise web.HTTPConflict(text=json.dumps({"error": "the scenario has no channel yet"}))
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
     await ws.prepare(request)
-    viewer = Viewer()
+    viewer = Viewer(token)
     watches = request.app[WATCHES]
-    await watches.join(sid, scenario.channel_id, token, viewer)
+    await watches.join(sid, scenario.channel_id, viewer)
 
     async def send() -> None:
         async for message in viewer.messages():
+            if isinstance(message, ViewerClosed):
+                # 4401: the page's cue to log in again (4000-4999 are the application's own close codes).
+                await ws.close(code=CLOSE_TOKEN_REFUSED, message=message.reason.encode())
+                return
             if isinstance(message, bytes):
                 await ws.send_bytes(message)
             else:
@@ -188,7 +194,7 @@ async def live(request: web.Request) -> web.StreamResponse:
 
 
 def build_app(settings: WebSettings, client: ControlClient, watches: Watches) -> web.Application:
-    checker = auth.TokenChecker(client, settings.token_cache_s)
+    checker = watches.checker
     app = web.Application(middlewares=[grpc_errors, auth.middleware(checker)], client_max_size=64 * 1024)
     app[CLIENT] = client
     app[WATCHES] = watches

@@ -66,6 +66,10 @@ class TokenChecker:
         self._accepted[key] = now + self._ttl
         return True
 
+    def forget(self, token: str) -> None:
+        """Ask the control API again on this token's next use (a stream just refused it)."""
+        self._accepted.pop(hashlib.sha256(token.encode()).digest(), None)
+
 
 def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)

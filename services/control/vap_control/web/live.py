@@ -14,6 +14,12 @@ raw frame is sent instead, marked ``raw``, so the picture never freezes while th
 
 Viewers never slow anything down: each has room for one pending frame (a newer one replaces it) and a
 short queue of text messages (the oldest are dropped), and a sender task per viewer does the writing.
+
+Each viewer brings its own token, and a watch serves only viewers whose token the control API still accepts:
+every ``token_cache_s`` it asks again for each distinct token, and a viewer whose token is refused (there, or
+by a control stream answering UNAUTHENTICATED) is closed with a ``ViewerClosed`` (the page then goes to the
+login form). The control streams use the newest viewer's token not refused, so rotating tokens (control
+restarted with a new list) never leaves the other viewers on raw frames behind a dead token.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ import struct
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import grpc
 
 from vap_common import subjects
 from vap_common.logs import get_logger
 from vap_control.web import metrics, payloads
+from vap_control.web.auth import TokenChecker
 from vap_control.web.control import ControlClient, metadata
 from vap_control.web.frames import FrameEncoder
 from vap_control.web.payloads import Json
@@ -45,6 +53,9 @@ KEPT_REFS = 64
 UNREADABLE_NOTICE = 10
 TEXT_QUEUE = 64
 RETRY_S = 1.0
+# Codes a control stream answers when the token it was opened with is (no longer) good.
+REFUSED_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+TOKEN_REFUSED = "the control API no longer accepts this token: log in again"  # noqa: S105 - a message
 
 
 def frame_message(header: Json, jpeg: bytes) -> bytes:
@@ -53,14 +64,31 @@ def frame_message(header: Json, jpeg: bytes) -> bytes:
     return struct.pack(">I", len(head)) + head + jpeg
 
 
-class Viewer:
-    """One browser's mailbox: the newest frame and a bounded queue of JSON texts."""
+@dataclass(frozen=True)
+class ViewerClosed:
+    """The last message of a viewer the watch no longer serves (its token was refused)."""
 
-    def __init__(self) -> None:
+    reason: str
+
+
+class Viewer:
+    """One browser's mailbox: the newest frame and a bounded queue of JSON texts; ``token`` is the one its
+    page logged in with."""
+
+    def __init__(self, token: str = "") -> None:
+        self.token = token
+        self.joined = time.monotonic()
         self.frame: bytes | None = None
         self.texts: deque[str] = deque(maxlen=TEXT_QUEUE)
         self.frames_replaced = 0
+        self.closed: ViewerClosed | None = None
         self._wake = asyncio.Event()
+
+    def close(self, reason: str) -> None:
+        """No more messages but this one: ``messages()`` yields a ``ViewerClosed`` and ends."""
+        if self.closed is None:
+            self.closed = ViewerClosed(reason)
+            self._wake.set()
 
     def offer_frame(self, message: bytes) -> None:
         if self.frame is not None:
@@ -73,11 +101,15 @@ class Viewer:
         self.texts.append(json.dumps(message, separators=(",", ":")))
         self._wake.set()
 
-    async def messages(self) -> AsyncIterator[str | bytes]:
-        """Pending messages, texts first (small), then the newest frame; waits when there are none."""
+    async def messages(self) -> AsyncIterator[str | bytes | ViewerClosed]:
+        """Pending messages, texts first (small), then the newest frame; waits when there are none. After
+        ``close()``: the ``ViewerClosed`` and nothing else."""
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self.closed is not None:
+                yield self.closed
+                return
             while self.texts:
                 yield self.texts.popleft()
             if self.frame is not None:
@@ -90,9 +122,9 @@ class ChannelWatch:
         self,
         scenario_id: str,
         channel_id: str,
-        token: str,
         *,
         client: ControlClient,
+        checker: TokenChecker,
         bus: AsyncFrameSubscriber,
         encoder: FrameEncoder,
         settings: WebSettings,
@@ -102,8 +134,9 @@ class ChannelWatch:
         self.viewers: set[Viewer] = set()
         self.counts = payloads.RunningCounts()
         self.frames_sent = 0
-        self._token = token
         self._client = client
+        self._checker = checker
+        self._token_check_s = max(1.0, settings.token_cache_s)
         self._bus = bus
         self._encoder = encoder
         self._min_gap = 1.0 / settings.max_fps
@@ -126,6 +159,7 @@ class ChannelWatch:
             asyncio.ensure_future(self._forever(self._tracked)),
             asyncio.ensure_future(self._forever(self._events)),
             asyncio.ensure_future(self._raw_fallback()),
+            asyncio.ensure_future(self._check_tokens()),
         ]
         _log.info("watching", scenario=self.scenario_id, channel=self.channel_id)
 
@@ -142,6 +176,34 @@ class ChannelWatch:
         self.viewers.add(viewer)
         viewer.offer_text(self.counts.as_json())
 
+    # -- tokens ----------------------------------------------------------------------------------------------
+    def _stream_token(self) -> str | None:
+        """The newest open viewer's token: after a rotation the newest login likely holds a good one."""
+        open_viewers = [v for v in self.viewers if v.closed is None]
+        return max(open_viewers, key=lambda v: v.joined).token if open_viewers else None
+
+    def _refuse(self, token: str) -> None:
+        """Close every viewer of ``token``; the gateway's cache forgets it, so its next use is asked again."""
+        self._checker.forget(token)
+        refused = [v for v in self.viewers if v.token == token]
+        for viewer in refused:
+            viewer.close(TOKEN_REFUSED)
+            self.viewers.discard(viewer)
+        if refused:
+            metrics.VIEWERS_REFUSED.inc(len(refused))
+            _log.warning("viewers closed: token refused", scenario=self.scenario_id, viewers=len(refused))
+
+    async def _check_tokens(self) -> None:
+        while True:
+            await asyncio.sleep(self._token_check_s)
+            for token in {v.token for v in self.viewers}:
+                try:
+                    accepted = await self._client.token_accepted(token)
+                except grpc.aio.AioRpcError:
+                    continue  # the API is down or busy: that says nothing about the token
+                if not accepted:
+                    self._refuse(token)
+
     # -- inputs ----------------------------------------------------------------------------------------------
     def _on_frame_ref(self, subject: str, payload: bytes) -> None:
         # Called inline by the frame bus: parse and file away, nothing more.
@@ -151,19 +213,24 @@ class ChannelWatch:
             self._refs.popitem(last=False)
         self._latest_ref = ref
 
-    async def _forever(self, source: Callable[[], Awaitable[None]]) -> None:
+    async def _forever(self, source: Callable[[str], Awaitable[None]]) -> None:
         while True:
-            try:
-                await source()
-            except grpc.aio.AioRpcError as exc:
-                _log.warning("control stream ended", scenario=self.scenario_id, code=exc.code().name)
+            token = self._stream_token()
+            if token is not None:
+                try:
+                    await source(token)
+                except grpc.aio.AioRpcError as exc:
+                    _log.warning("control stream ended", scenario=self.scenario_id, code=exc.code().name)
+                    if exc.code() in REFUSED_CODES:
+                        self._refuse(token)
+                        continue  # straight on with the next viewer's token
             await asyncio.sleep(RETRY_S)
 
-    async def _tracked(self) -> None:
+    async def _tracked(self, token: str) -> None:
         request = control_pb2.StreamDetectionsRequest(
             scenario_ids=[self.scenario_id], tracked=True, include_empty=True
         )
-        async for item in self._client.stub.StreamDetections(request, metadata=metadata(self._token)):
+        async for item in self._client.stub.StreamDetections(request, metadata=metadata(token)):
             now = time.monotonic()
             self._last_tracked = now
             if now < self._next_send:
@@ -237,9 +304,9 @@ class ChannelWatch:
             viewer.offer_frame(message)
         return True
 
-    async def _events(self) -> None:
+    async def _events(self, token: str) -> None:
         request = control_pb2.StreamEventsRequest(scenario_ids=[self.scenario_id])
-        async for item in self._client.stub.StreamEvents(request, metadata=metadata(self._token)):
+        async for item in self._client.stub.StreamEvents(request, metadata=metadata(token)):
             changed = self.counts.apply(item.event)
             message = {"type": "event", **payloads.event(item.event)}
             for viewer in self.viewers:
@@ -252,8 +319,15 @@ class Watches:
     """The running watches by scenario id; a watch starts with its first viewer and stops with its last."""
 
     def __init__(
-        self, client: ControlClient, bus: AsyncFrameSubscriber, encoder: FrameEncoder, settings: WebSettings
+        self,
+        client: ControlClient,
+        bus: AsyncFrameSubscriber,
+        encoder: FrameEncoder,
+        settings: WebSettings,
+        checker: TokenChecker | None = None,
     ) -> None:
+        # The gateway's one token cache: build_app's middleware uses this same checker.
+        self.checker = checker or TokenChecker(client, settings.token_cache_s)
         self._client = client
         self._bus = bus
         self._encoder = encoder
@@ -264,15 +338,15 @@ class Watches:
     def __len__(self) -> int:
         return len(self._watches)
 
-    async def join(self, scenario_id: str, channel_id: str, token: str, viewer: Viewer) -> ChannelWatch:
+    async def join(self, scenario_id: str, channel_id: str, viewer: Viewer) -> ChannelWatch:
         async with self._lock:
             watch = self._watches.get(scenario_id)
             if watch is None:
                 watch = ChannelWatch(
                     scenario_id,
                     channel_id,
-                    token,
                     client=self._client,
+                    checker=self.checker,
                     bus=self._bus,
                     encoder=self._encoder,
                     settings=self._settings,

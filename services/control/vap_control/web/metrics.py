@@ -18,3 +18,7 @@ FRAMES_REPLACED = Counter(
     "vap_web_frames_replaced_total", "Frames replaced by a newer one before a slow browser took them"
 )
 LOGINS = Counter("vap_web_logins_total", "Login attempts by result", ["result"])
+VIEWERS_REFUSED = Counter(
+    "vap_web_viewers_refused_total",
+    "Live viewers closed because the control API no longer accepts their token",
+)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from vap_inference.models.packaged import AGE_V1, FACE_LANDMARKS_5, GENDER_V1, ensure
 from vap_tracker.attributes.classifier import ClassifierConfig
+from vap_tracker.attributes.settings import BUILTIN_NAMES
 
 _MEANS = (122.781998, 117.000999, 104.297997)
 _STD = (256.0, 256.0, 256.0)
@@ -22,7 +23,6 @@ AGE_GROUPS: dict[str, tuple[int, int]] = {
     "45-59": (45, 59),
     "60+": (60, 80),
 }
-BUILTIN_NAMES = ("gender", "age_group")
 
 
 def builtin_config(name: str, min_confidence: float = 0.6) -> ClassifierConfig:

