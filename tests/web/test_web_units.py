@@ -441,11 +441,11 @@ def test_busy_web_port_is_noticed() -> None:
     """`vap up` skips the live view (with a message) rather than fail when its fixed port is taken."""
     import socket
 
-    from vap_stack.up import _port_free
+    from vap_common.ports import port_free
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert not _port_free(port)
-    assert _port_free(port)
+        assert not port_free(port)
+    assert port_free(port)

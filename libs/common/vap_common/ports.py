@@ -41,7 +41,8 @@ def candidate_bases(count: int, ephemeral: tuple[int, int]) -> list[range]:
     return [span for span in spans if len(span) >= MIN_SPAN]
 
 
-def _bindable(host: str, port: int) -> bool:
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a listener could bind ``port`` on ``host`` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
@@ -66,7 +67,7 @@ def free_port_block(count: int = 1, host: str = "127.0.0.1") -> int:
                 base = int(sock.getsockname()[1])
             if base + count - 1 > HIGHEST_PORT:
                 continue
-        if all(_bindable(host, port) for port in range(base, base + count)):
+        if all(port_free(port, host) for port in range(base, base + count)):
             return base
     raise OSError(f"no block of {count} free TCP ports on {host} after {ATTEMPTS} tries")
 

@@ -40,7 +40,7 @@ import yaml
 
 from vap_common.embedded import EmbeddedServerError, EmbeddedServers
 from vap_common.paths import MODELS_ENV, REPO_ROOT, models_dir
-from vap_common.ports import free_tcp_port
+from vap_common.ports import free_tcp_port, port_free
 from vap_proto.v1 import control_pb2, control_pb2_grpc, scenario_pb2
 from vap_stack.config import Camera, SiteConfig
 from vap_stack.supervise import Service, StackError, Supervisor, child_environment
@@ -53,15 +53,6 @@ TOKEN_FILE = "api-token"  # noqa: S105 - a file name, not a secret
 
 def _port(fixed: int) -> int:
     return fixed if fixed else free_tcp_port()
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _say(message: str) -> None:
@@ -344,7 +335,7 @@ async def _start(
     )
     control.health_port = control_port  # health is served on the API port too
     await sup.start(control, ready_timeout)
-    if config.ports.web and not _port_free(config.ports.web):
+    if config.ports.web and not port_free(config.ports.web):
         # The view is a convenience: a busy port (another stack, a dev server) must not stop the stack.
         report(f"live view not started: port {config.ports.web} is in use (set ports.web, 0 = any free port)")
     elif config.ports.web is not None:
