@@ -90,7 +90,7 @@ async def test_nats_pub_sub_round_trip(nats_client: NatsClient) -> None:
     subject = _unique("test.pubsub")
     sub = await nats_client.subscribe(subject)
     await nats_client.publish(subject, b"hello", headers={"k": "v"})
-    msg = await sub.next_msg(timeout=2)
+    msg = await sub.next_msg(timeout=20)
     assert msg.data == b"hello"
     assert msg.headers == {"k": "v"}
 
@@ -103,7 +103,7 @@ async def test_nats_request_reply(nats_client: NatsClient) -> None:
         await msg.respond(msg.data.upper())
 
     await nats_client.subscribe(subject, cb=handler)
-    reply = await nats_client.request(subject, b"ping", timeout=2)
+    reply = await nats_client.request(subject, b"ping", timeout=20)
     assert reply.data == b"PING"
 
 
@@ -117,10 +117,10 @@ async def test_jetstream_durable_consumer_redelivers_unacked_message(nats_client
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=0.3)
         sub = await js.pull_subscribe(subject, durable="worker", stream=stream, config=config)
 
-        first = (await sub.fetch(1, timeout=2))[0]
+        first = (await sub.fetch(1, timeout=20))[0]
         assert (first.data, first.metadata.num_delivered) == (b"event-1", 1)
         # Not acked: after ack_wait the server hands the same message out again.
-        again = (await sub.fetch(1, timeout=3))[0]
+        again = (await sub.fetch(1, timeout=20))[0]
         assert (again.data, again.metadata.num_delivered) == (b"event-1", 2)
         await again.ack_sync()
 
@@ -358,7 +358,7 @@ def test_cli_stops_servers_on_sigterm(used_data_dir: Path) -> None:
     assert servers
     cli.send_signal(signal.SIGTERM)
     assert cli.wait(timeout=20) == 0
-    assert _wait_dead(servers, timeout=1.0) == []
+    assert _wait_dead(servers, timeout=5.0) == []
 
 
 @pytest.mark.usefixtures("no_env_urls")
