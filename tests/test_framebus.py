@@ -113,7 +113,7 @@ async def test_framebus_to_nats_py(nats_client: NatsClient, publisher: FramePubl
     subj = subject()
     sub = await nats_client.subscribe(subj)
     await nats_client.flush()
-    publisher.publish(subj, b"from framebus")
+    assert publisher.publish(subj, b"from framebus")
     assert publisher.flush(DELIVERY_TIMEOUT)
     msg: Msg = await sub.next_msg(timeout=DELIVERY_TIMEOUT)
     assert msg.data == b"from framebus" and msg.subject == subj
