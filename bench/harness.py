@@ -27,6 +27,9 @@ class Suite:
     summarize: Callable[[list[Row]], list[str]] = lambda rows: []
     # Takes this suite's own command-line options (e.g. soak's --minutes) before ``run``.
     configure: Callable[[argparse.Namespace], None] | None = None
+    # Results that are CPU capacity: measure the machine's speed against DESIGN.md's planning figures first
+    # (bench/calibration.py) and keep it with the rows.
+    calibrate: bool = False
 
 
 _SUITES: dict[str, Suite] = {}
@@ -104,8 +107,11 @@ def format_table(rows: Sequence[Row], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def report(suite: str, rows: list[Row]) -> dict[str, Any]:
-    return {"suite": suite, "machine": machine_info(), "results": rows}
+def report(suite: str, rows: list[Row], calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    document: dict[str, Any] = {"suite": suite, "machine": machine_info(), "results": rows}
+    if calibration is not None:
+        document["calibration"] = calibration
+    return document
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:

@@ -243,5 +243,6 @@ register(
             "cpu_other",
         ),
         summarize=summarize,
+        calibrate=True,
     )
 )

@@ -281,5 +281,6 @@ register(
             "load1",
         ),
         summarize=summarize,
+        calibrate=True,
     )
 )
