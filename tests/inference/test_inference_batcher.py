@@ -71,7 +71,7 @@ async def test_async_batcher_waits_for_max_wait_or_a_full_batch() -> None:
     task = asyncio.create_task(b.next_batch())
     await asyncio.sleep(0.005)
     b.add("a", 1)
-    batch, _ = await asyncio.wait_for(task, 2)
+    batch, _ = await asyncio.wait_for(task, 10)
     waited = time.monotonic() - started
     assert [p.item for p in batch] == [1] and waited >= 0.055
 
@@ -79,5 +79,5 @@ async def test_async_batcher_waits_for_max_wait_or_a_full_batch() -> None:
     started = time.monotonic()
     for i, ch in enumerate("xyz"):
         b.add(ch, i)
-    batch, _ = await asyncio.wait_for(task, 2)
+    batch, _ = await asyncio.wait_for(task, 10)
     assert len(batch) == 3 and time.monotonic() - started < 0.05, "a full batch must not wait"

@@ -25,7 +25,7 @@ async def test_each_frame_goes_to_exactly_one_of_two_waiting_lanes() -> None:
     first, _ = finished[0].result()
     assert [p.item for p in first] == ["a1"]
     b.add("cam-b", "b1")
-    second, _ = await asyncio.wait_for(next(t for t in lanes if t is not finished[0]), 2)
+    second, _ = await asyncio.wait_for(next(t for t in lanes if t is not finished[0]), 10)
     assert [p.item for p in second] == ["b1"]
     assert len(b) == 0
 
@@ -41,7 +41,7 @@ async def test_a_cancelled_lane_hands_its_turn_on_and_no_frame_is_lost() -> None
     await _settle()
     assert holder.cancelled() and not other.done()
     b.add("cam-b", "b1")  # fills the batch: the lane that took over the turn gets both frames
-    batch, stale = await asyncio.wait_for(other, 2)
+    batch, stale = await asyncio.wait_for(other, 10)
     assert sorted(p.item for p in batch) == ["a1", "b1"] and not stale
 
 
@@ -55,12 +55,12 @@ async def test_a_joining_frame_does_not_release_the_batch_early_but_a_full_batch
     await _settle()
     assert not lane.done()
     b.add("cam-c", "c1")
-    batch, _ = await asyncio.wait_for(lane, 2)
+    batch, _ = await asyncio.wait_for(lane, 10)
     assert [p.item for p in batch] == ["a2", "b1", "c1"], "oldest channel first, freshest frame each"
 
 
 async def test_frames_pending_before_a_lane_waits_are_released_at_their_deadline() -> None:
     b: AsyncBatcher[str] = AsyncBatcher(max_batch=4, max_wait_ms=30, stale_after_ms=60_000)
     b.add("cam-a", "a1")  # nobody waiting yet: the lane that comes arms the deadline itself
-    batch, _ = await asyncio.wait_for(b.next_batch(), 2)
+    batch, _ = await asyncio.wait_for(b.next_batch(), 10)
     assert [p.item for p in batch] == ["a1"]
