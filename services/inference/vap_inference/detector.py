@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -136,6 +136,7 @@ class Detector:
             if not all(np.all(np.isfinite(o)) for o in single if o.dtype.kind == "f"):
                 raise ModelVerificationError(f"model {self.name!r}: probe inference gave NaN/inf outputs")
             self.decoder.decode(single, 0, self.default_options().confidence, None)
+            rect = self._probe_rect(images[0])
             self.batch_probe = self._probe_batch(images)
             self.max_batch = self.batch_probe.max_batch
         _log.info(
@@ -144,8 +145,29 @@ class Detector:
             max_batch=self.max_batch,
             batch_probe=self.batch_probe.reason,
             input=f"{self.input_format.width}x{self.input_format.height}",
+            rectangular_input=rect,
         )
         return self
+
+    def _probe_rect(self, image: U8) -> str:
+        """For a rectangular input format: one inference on a 16:9 image at its reduced size, whose outputs
+        must have the shapes the decoder expects for that size. Where that fails the model goes back to
+        the square input (logged), never to wrong boxes."""
+        fmt = self.input_format
+        if not fmt.stride:
+            return "no"
+        wide = np.ascontiguousarray(image[: max(1, fmt.width * 9 // 16)])
+        try:
+            self.preprocessor.from_bgr(0, wide)
+            size = self.preprocessor.size
+            outputs = self.backend.run({self.input_name: self.preprocessor.inputs(1)})
+            self.decoder.resized(*size).check_outputs(outputs, 1)
+        except (BackendError, ModelVerificationError) as exc:
+            _log.warning("rectangular input failed its probe: square input", model=self.name, error=str(exc))
+            self.input_format = replace(fmt, stride=0)
+            self.preprocessor = Preprocessor(self.input_format, self.capacity)
+            return f"no (probe failed: {exc})"
+        return f"yes (16:9 at {size[0]}x{size[1]})"
 
     def _probe_batch(self, images: list[U8]) -> BatchProbe:
         n = self.capacity
@@ -246,7 +268,9 @@ class Detector:
         if options.classes is not None and len(options.classes) == 0:
             raw = decoders.RawDetections.empty()
         else:
-            raw = self.decoder.decode(outputs, index, options.confidence, options.classes)
+            # The input size of this batch (rectangular inputs): the decoder's grids must match it.
+            decoder = self.decoder.resized(*self.preprocessor.size)
+            raw = decoder.decode(outputs, index, options.confidence, options.classes)
         keep = class_aware_nms(raw.boxes, raw.scores, raw.class_ids, options.nms_iou, options.max_detections)
         boxes = letterbox.to_source(raw.boxes[keep], source_width, source_height)
         return Detections(boxes, raw.scores[keep], raw.class_ids[keep])

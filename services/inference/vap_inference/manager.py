@@ -80,7 +80,7 @@ class ModelManager:
         # on a miss (models/derived.py).
         path, sha = locate_model(spec, self.models_dir)
         s = self.settings
-        ort_backend = self._ort(path)
+        ort_backend = self._ort(path, flexible_input=spec.rect_stride > 0 and s.rect_input)
         backend: Backend = ort_backend
         if s.backend in ("auto", "tensorrt"):
             from vap_inference.backends import tensorrt as trt_backend
@@ -120,12 +120,19 @@ class ModelManager:
             backend.close()
             raise
 
-    def _ort(self, path: Path) -> OrtBackend:
+    def _ort(self, path: Path, *, flexible_input: bool) -> OrtBackend:
         import onnxruntime as ort
 
         s = self.settings
         use_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-        return OrtBackend(path, threads=s.threads, use_cuda=use_cuda, batch_cap=s.max_batch, spin=s.spin)
+        return OrtBackend(
+            path,
+            threads=s.threads,
+            use_cuda=use_cuda,
+            batch_cap=s.max_batch,
+            spin=s.spin,
+            flexible_input=flexible_input,
+        )
 
     def infos(self) -> list[inference_pb2.ModelInfo]:
         """Every detection model, default first; unloaded ones with what the spec knows."""

@@ -49,10 +49,41 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def with_free_spatial_dims(path: Path) -> bytes:
+    """The model at ``path`` with the height and width of its NCHW image input made symbolic (and its
+    outputs' sizes left to inference), serialised: a fully convolutional graph converted with a fixed input
+    size then runs at any size its strides allow (rectangular inputs, preprocess.py)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
+    if len(dims) != 4:
+        raise BackendError(f"{path.name}: a free input size needs one NCHW image input")
+    for axis, name in ((2, "height"), (3, "width")):
+        dims[axis].Clear()
+        dims[axis].dim_param = name
+    for output in model.graph.output:
+        for index, dim in enumerate(output.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value"):
+                dim.Clear()
+                dim.dim_param = f"{output.name}_{index}"
+    del model.graph.value_info[:]  # shapes recorded for the fixed size; ONNX Runtime infers them again
+    return bytes(model.SerializeToString())
+
+
 class OrtBackend:
     def __init__(
-        self, path: Path, *, threads: int = 2, use_cuda: bool = False, batch_cap: int = 8, spin: bool = False
+        self,
+        path: Path,
+        *,
+        threads: int = 2,
+        use_cuda: bool = False,
+        batch_cap: int = 8,
+        spin: bool = False,
+        flexible_input: bool = False,
     ) -> None:
+        """``flexible_input``: load with the image input's height and width free (with_free_spatial_dims)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -67,7 +98,10 @@ class OrtBackend:
         if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=providers)
+            source: str | bytes = with_free_spatial_dims(path) if flexible_input else str(path)
+            self._session = ort.InferenceSession(source, options, providers=providers)
+        except BackendError:
+            raise
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise BackendError(f"{path.name}: onnxruntime cannot load it: {exc}") from exc
         self.path = path

@@ -24,7 +24,11 @@ def bind(
     if family == inference_pb2.MODEL_FAMILY_NANODET:
         w, h = spec.input_width, spec.input_height
         dec: Decoder = nanodet.NanoDetDecoder.bind(inputs, outputs, w, h, len(spec.class_names))
-        return spec, nanodet.input_format(w, h), dec
+        # Rectangular inputs where the runtime leaves height and width free (OrtBackend flexible_input);
+        # a TensorRT engine pins them, and then every frame is letterboxed to the full square.
+        free = bool(inputs) and len(inputs[0].shape) == 4 and inputs[0].fixed(2) is inputs[0].fixed(3) is None
+        stride = spec.rect_stride if free else 0
+        return spec, nanodet.input_format(w, h, stride), dec
     if family == inference_pb2.MODEL_FAMILY_SSDLITE:
         w, h = spec.input_width, spec.input_height
         dec = ssdlite.SsdLiteDecoder.bind(inputs, outputs, w, h, len(spec.class_names))

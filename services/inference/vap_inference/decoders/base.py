@@ -34,6 +34,11 @@ class Decoder(Protocol):
         """Raise ModelVerificationError when a run's outputs do not have the shapes this decoder reads."""
         ...
 
+    def resized(self, width: int, height: int) -> Decoder:
+        """The decoder for outputs of a ``width`` x ``height`` input (rectangular inputs; families whose
+        outputs do not depend on the input size return themselves)."""
+        ...
+
     def decode(self, outputs: Outputs, index: int, threshold: float, classes: I64 | None) -> RawDetections:
         """Candidates of batch slot ``index`` with score > ``threshold``; ``classes``: the allowed class ids
         (sorted), None = all. Filtering here, before NMS, keeps the per-frame work small."""

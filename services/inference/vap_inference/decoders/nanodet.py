@@ -23,7 +23,8 @@ MEAN_BGR = (103.53, 116.28, 123.675)
 STD_BGR = (57.375, 57.12, 58.395)
 
 
-def input_format(width: int, height: int) -> InputFormat:
+def input_format(width: int, height: int, stride: int = 0) -> InputFormat:
+    """``stride`` > 0: rectangular inputs (the model loaded with free spatial dimensions)."""
     return InputFormat(
         width=width,
         height=height,
@@ -34,6 +35,7 @@ def input_format(width: int, height: int) -> InputFormat:
         pad_value=0,
         mean=MEAN_BGR,
         scale=tuple(1.0 / s for s in STD_BGR),  # type: ignore[arg-type]
+        stride=stride,
     )
 
 
@@ -47,6 +49,21 @@ class _Level:
     anchors_x: F32
     anchors_y: F32
 
+    @staticmethod
+    def make(stride: int, width: int, height: int, score_output: int, box_output: int, bins: int) -> _Level:
+        """The level of ``stride`` for a ``width`` x ``height`` input (grid = ceil(side / stride))."""
+        gw, gh = math.ceil(width / stride), math.ceil(height / stride)
+        idx = np.arange(gw * gh)
+        return _Level(
+            stride=stride,
+            grid_w=gw,
+            score_output=score_output,
+            box_output=box_output,
+            bins=bins,
+            anchors_x=((idx % gw) * stride).astype(np.float32),
+            anchors_y=((idx // gw) * stride).astype(np.float32),
+        )
+
 
 class NanoDetDecoder:
     def __init__(self, levels: list[_Level] | None, num_classes: int, width: int, height: int) -> None:
@@ -54,6 +71,21 @@ class NanoDetDecoder:
         self.num_classes = num_classes
         self.width = width
         self.height = height
+        self._resized: dict[tuple[int, int], NanoDetDecoder] = {}
+
+    def resized(self, width: int, height: int) -> NanoDetDecoder:
+        """The decoder for a rectangular input of ``width`` x ``height``: the same outputs and bins, the
+        grids of that size (cached: a service sees a few sizes)."""
+        if (width, height) == (self.width, self.height):
+            return self
+        found = self._resized.get((width, height))
+        if found is None:
+            levels = [
+                _Level.make(lv.stride, width, height, lv.score_output, lv.box_output, lv.bins)
+                for lv in self._bound()
+            ]
+            found = self._resized[(width, height)] = NanoDetDecoder(levels, self.num_classes, width, height)
+        return found
 
     def _bound(self) -> list[_Level]:
         if self.levels is None:
@@ -71,7 +103,8 @@ class NanoDetDecoder:
             raise ModelVerificationError(
                 f"NanoDet input must be float32 [N,3,H,W]; {inp.name} is {inp.dtype} {list(inp.shape)}"
             )
-        if (inp.fixed(1), inp.fixed(2), inp.fixed(3)) not in ((3, height, width), (None, None, None)):
+        # Each side fixed to the spec's size, or free (a dynamic export; the rectangular-input load).
+        if any(inp.fixed(axis) not in (want, None) for axis, want in ((1, 3), (2, height), (3, width))):
             raise ModelVerificationError(
                 f"NanoDet input {inp.name} is {list(inp.shape)}, expected [N,3,{height},{width}]"
             )
@@ -107,17 +140,8 @@ class NanoDetDecoder:
                 continue
             if set(pair) != {"scores", "boxes"}:
                 raise ModelVerificationError(f"NanoDet stride {stride}: need a score and a box output")
-            idx = np.arange(gw * gh)
             levels.append(
-                _Level(
-                    stride=stride,
-                    grid_w=gw,
-                    score_output=pair["scores"][0],
-                    box_output=pair["boxes"][0],
-                    bins=pair["boxes"][1] // 4,
-                    anchors_x=((idx % gw) * stride).astype(np.float32),
-                    anchors_y=((idx // gw) * stride).astype(np.float32),
-                )
+                _Level.make(stride, width, height, pair["scores"][0], pair["boxes"][0], pair["boxes"][1] // 4)
             )
         if not levels or by_area:
             raise ModelVerificationError(

@@ -13,6 +13,8 @@ drops the graph's per-image resize Loop (a no-op for 300x300 input) and so takes
 
 from __future__ import annotations
 
+from typing import Self
+
 import numpy as np
 
 from vap_inference.backends.base import TensorInfo
@@ -67,6 +69,9 @@ class SsdLiteDecoder:
             )
         return cls(index, width, height, num_classes)
 
+    def resized(self, width: int, height: int) -> Self:
+        return self  # fixed input size
+
     def check_outputs(self, outputs: Outputs, batch: int) -> None:
         boxes, scores, classes = outputs[self._boxes], outputs[self._scores], outputs[self._classes]
         k = boxes.shape[1] if boxes.ndim == 3 else -1
@@ -95,6 +100,9 @@ class SsdLiteRawDecoder:
         self._boxes, self._scores = index["raw_detection_boxes"], index["raw_detection_scores"]
         self._size = np.array([width, height, width, height], np.float32)
         self.num_classes = num_classes
+
+    def resized(self, width: int, height: int) -> Self:
+        return self  # fixed input size
 
     def check_outputs(self, outputs: Outputs, batch: int) -> None:
         boxes, scores = outputs[self._boxes], outputs[self._scores]

