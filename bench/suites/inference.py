@@ -11,8 +11,9 @@ build of NanoDet (``nanodet-m-416-int8``, the service's default) and SSDLite wit
 YOLOv8n exported from its YAML by Ultralytics when that is installed (random weights: speed only), or the
 file named by $VAP_BENCH_YOLO. Backends: ONNX Runtime on the CPU; TensorRT where it can run.
 
-Backends: ``onnxruntime-cpu`` (the service's default settings: no thread spinning),
-``onnxruntime-cpu-spin`` (InferenceSettings.spin = true), ``tensorrt``.
+Backends: ``onnxruntime-cpu`` (no thread spinning, square input), ``onnxruntime-cpu-spin``
+(InferenceSettings.spin = true), ``onnxruntime-cpu-rect`` (NanoDet with rectangular inputs, the service's
+default: these 4:3 frames run at 416x320), ``tensorrt``.
 
 Rows: ``{"model", "backend", "batch", "threads", "ms_per_frame", "fps", "best_ms", "infer_ms", "pre_ms",
 "post_ms", "cpu_ms", "samples", "load1"}`` (medians per frame; best_ms: the fastest batch per frame; cpu_ms:
@@ -162,6 +163,15 @@ def _backends(
         )
         for t, spin in spins
     ]
+    if spec.rect_stride:  # the service's default for NanoDet: rectangular inputs (4:3 frames: 416x320)
+        out += [
+            (
+                "onnxruntime-cpu-rect",
+                t,
+                functools.partial(OrtBackend, path, threads=t, batch_cap=8, flexible_input=True),
+            )
+            for t in threads
+        ]
     if trt_backend.unavailable_reason() is None:
         fixed, metadata = _fixed(spec, path)
         factory = functools.partial(
