@@ -177,11 +177,11 @@ class Preprocessor:
         self.batch: npt.NDArray[np.float32] | npt.NDArray[np.uint8]
         # Per input size: the uint8 HWC canvas and its channel planes (one entry unless rectangular).
         self._canvases: dict[tuple[int, int], tuple[U8, list[U8]]] = {}
-        if fmt.layout is Layout.NCHW_FLOAT:
+        # NCHW float: the image is composed on a uint8 canvas, then converted into the batch slot; NHWC
+        # uint8: the batch slot itself is the canvas.
+        self._separate_canvas = fmt.layout is Layout.NCHW_FLOAT
+        if self._separate_canvas:
             self.batch = np.zeros((max_batch, 3, h, w), np.float32)
-            self._canvas: U8 | None = np.full((h, w, 3), fmt.pad_value, np.uint8)
-            self._planes: list[U8] = list(np.empty((3, h, w), np.uint8))
-            self._canvases[self.size] = (self._canvas, self._planes)
             # (pixel - mean) * scale for every uint8 value, per channel, in float32 exactly as the
             # arithmetic on the whole image would round it: one table lookup per pixel instead of a
             # strided transpose-convert and two more passes.
@@ -191,7 +191,6 @@ class Preprocessor:
             self._luts: list[F32] = [np.ascontiguousarray(t, np.float32).reshape(256, 1) for t in table]
         else:
             self.batch = np.full((max_batch, h, w, 3), fmt.pad_value, np.uint8)
-            self._canvas = None  # the batch slot itself is the canvas
         # Small scratch: a contiguous 4:2:0 image of at most the input size, and a 3-channel image for
         # channel swaps and grey expansion.
         self._yuv = np.empty(w * h * 3 // 2 + 4, np.uint8)
@@ -262,14 +261,14 @@ class Preprocessor:
     def _canvas_for(self, index: int) -> U8:
         if not 0 <= index < self.max_batch:
             raise IndexError(f"batch index {index} outside 0..{self.max_batch - 1}")
-        if self._canvas is not None:
+        if self._separate_canvas:
             return self._canvas_and_planes()[0]
         slot: U8 = self.batch[index]  # NHWC_UINT8: the batch is uint8
         return slot
 
     def _canvas_and_planes(self) -> tuple[U8, list[U8]]:
         found = self._canvases.get(self.size)
-        if found is None:  # a rectangular size seen for the first time: a few of them per service
+        if found is None:  # first use of this size (rectangular formats: a few sizes per service)
             w, h = self.size
             found = self._canvases[self.size] = (
                 np.full((h, w, 3), self.fmt.pad_value, np.uint8),
@@ -335,7 +334,7 @@ class Preprocessor:
         canvas[y0:y1, x1:] = v
 
     def _finish(self, index: int) -> None:
-        if self._canvas is None:
+        if not self._separate_canvas:
             return  # NHWC uint8: the canvas is the batch slot, nothing more to do
         out = self._slots()[index]
         canvas, planes = self._canvas_and_planes()
