@@ -16,6 +16,7 @@ from vap_inference.backends.onnxruntime import OrtBackend, with_free_spatial_dim
 from vap_inference.decoders import nanodet
 from vap_inference.detector import Detections, Detector
 from vap_inference.manager import ModelManager
+from vap_inference.models.derived import iou_matrix
 from vap_inference.models.registry import NANODET_INT8
 from vap_inference.preprocess import InputFormat, Layout, Preprocessor, input_size, plan_letterbox
 from vap_inference.settings import InferenceSettings
@@ -96,17 +97,6 @@ def _people(dets: Detections) -> np.ndarray:
     return dets.boxes[dets.class_ids == 0]
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return np.asarray(inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9))
-
-
 @pytest.mark.parametrize(
     ("width", "size"),
     [(1280, (416, 256)), (540, (320, 416))],
@@ -133,7 +123,7 @@ def test_the_same_people_on_real_720p_frames(
         pa, pb = _people(a), _people(b)
         assert abs(len(pa) - len(pb)) <= 1, f"frame {index}: {len(pa)} people square, {len(pb)} rectangular"
         if len(pa) and len(pb):
-            matched = _iou(pa, pb).max(axis=1) > 0.85
+            matched = iou_matrix(pa, pb).max(axis=1) > 0.85
             assert matched.sum() >= len(pa) - 1, f"frame {index}: {matched.sum()} of {len(pa)} matched"
         people += len(pa)
     assert people >= 5  # the frames do have people in them (whole frames: 3-8 each)
