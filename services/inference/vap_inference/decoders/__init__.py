@@ -26,7 +26,10 @@ def bind(
         dec: Decoder = nanodet.NanoDetDecoder.bind(inputs, outputs, w, h, len(spec.class_names))
         # Rectangular inputs where the runtime leaves height and width free (OrtBackend flexible_input);
         # a TensorRT engine pins them, and then every frame is letterboxed to the full square.
-        free = bool(inputs) and len(inputs[0].shape) == 4 and inputs[0].fixed(2) is inputs[0].fixed(3) is None
+        image = inputs[0] if inputs else None
+        free = (
+            image is not None and len(image.shape) == 4 and image.fixed(2) is None and image.fixed(3) is None
+        )
         stride = spec.rect_stride if free else 0
         return spec, nanodet.input_format(w, h, stride), dec
     if family == inference_pb2.MODEL_FAMILY_SSDLITE:
