@@ -94,9 +94,10 @@ def _session(path: Path) -> Any:
 
 def nanodet_ms(model: Path, video: Path, runs: int) -> float:
     """Median model run of NanoDet-m 416 (fp32, the shipped file) on a real frame, 2 threads."""
+    from vap_inference.decoders.nanodet import MEAN_BGR, STD_BGR
+
     bgr = _frame(video, 416, 416, "bgr24").astype(np.float32)
-    mean = np.array([103.53, 116.28, 123.675], np.float32)
-    std = np.array([57.375, 57.12, 58.395], np.float32)
+    mean, std = np.array(MEAN_BGR, np.float32), np.array(STD_BGR, np.float32)
     tensor = np.ascontiguousarray(((bgr - mean) / std).transpose(2, 0, 1)[None])
     session = _session(model)
     feed = {session.get_inputs()[0].name: tensor}
