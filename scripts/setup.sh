@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything VAP needs on a fresh Debian/Ubuntu machine with Python 3.11+:
 # the system packages in scripts/apt-packages.txt (GStreamer RTSP server for tests and demos),
-# a virtual environment in .venv with VAP and its dev/bench extras. Safe to run again: it only does
-# what is missing. Set VAP_SKIP_APT=1 to skip the system packages.
+# a virtual environment in .venv with exactly the versions in requirements.lock (VAP's dependencies, its
+# dev/bench extras and the bench peers; refresh with scripts/lock.sh) and VAP itself. Safe to run again: it
+# only does what is missing. Set VAP_SKIP_APT=1 to skip the system packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,45 +52,37 @@ install_python_env() {
     log "creating .venv with $python"
     "$python" -m venv .venv
   fi
-  # Reinstall only when the dependency list changed since the last successful install.
-  stamp=".venv/.vap-installed-$(sha256sum pyproject.toml | cut -c1-16)"
+  # Exactly the lock (versions and hashes; --no-deps: nothing arrives that the lock does not name), then
+  # VAP itself, editable, built with the lock's setuptools. Reinstalled only when the lock or the package
+  # list changed since the last successful install.
+  stamp=".venv/.vap-installed-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
   if [ ! -f "$stamp" ]; then
-    log "installing VAP and its dependencies into .venv"
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev,bench]'
+    log "installing the locked dependencies (requirements.lock) and VAP into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes --no-deps \
+      -r requirements.lock
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+    .venv/bin/python -c 'import cv2, trackers, supervision, av, onnxruntime, vap_stack' ||
+      { log "the locked environment does not import"; return 1; }
     rm -f .venv/.vap-installed-*
     touch "$stamp"
   fi
 }
 
-install_system_packages
-install_python_env
-
-# --- bench-only peers (owner: services/tracker, bench suite `tracker`) ------------------------------------
-# ByteTrack from the `trackers` package is the reference the tracker bench compares against. Its wheel
-# requires opencv-python (the GUI build), which would shadow opencv-python-headless's cv2, so it is
-# installed without dependencies and its real run-time needs are installed by hand. supervision (for
-# sv.Detections, the type trackers' update() takes) declares no OpenCV dependency of its own and uses the
-# headless cv2. Skipped when the pinned versions are already there.
-install_bench_peers() {
-  if .venv/bin/python - <<'PY' 2>/dev/null
-import importlib.metadata as md, sys
-want = {"trackers": "2.6.1", "supervision": "0.31.2"}
-sys.exit(0 if all(md.version(n) == v for n, v in want.items()) else 1)
-PY
-  then return 0; fi
-  log "installing bench-only peers: trackers (without opencv-python), supervision"
-  .venv/bin/python -m pip install -q --no-deps 'trackers==2.6.1'
-  .venv/bin/python -m pip install -q 'supervision==0.31.2' 'pydeprecate>=0.9,<0.14' 'rich>=13' 'requests>=2.28'
-  if .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1; then
-    log "opencv-python got installed and would clash with opencv-python-headless: removing it"
-    .venv/bin/python -m pip uninstall -q -y opencv-python
-    .venv/bin/python -m pip install -q --force-reinstall --no-deps opencv-python-headless
-  fi
-  .venv/bin/python -c 'import cv2, trackers; cv2.setNumThreads(1)' ||
-    { log "bench peers installed but cv2/trackers do not import"; return 1; }
+# Debian versions differ between releases and point updates: say which differ from the tested ones
+# (scripts/apt-tested.txt, written by scripts/lock.sh) so a failure can be traced to them.
+report_system_versions() {
+  [ -f scripts/apt-tested.txt ] || return 0
+  command -v dpkg-query >/dev/null || return 0
+  local pkg want have
+  while read -r pkg want; do
+    have=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null || true)
+    if [ -n "$have" ] && [ "$have" != "$want" ]; then log "note: $pkg $have installed, tested with $want"; fi
+  done < <(grep -vE '^\s*(#|$)' scripts/apt-tested.txt)
+  return 0
 }
-install_bench_peers
-# --- end of bench-only peers -------------------------------------------------------------------------------
+
+install_system_packages
+report_system_versions
+install_python_env
 
 log "ready: .venv/bin/python"

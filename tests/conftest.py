@@ -7,6 +7,7 @@ and tables uniquely (e.g. with a uuid) and clean up what you create.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -22,6 +23,27 @@ from vap_common.embedded import EmbeddedServers, Endpoints
 
 # Simulated RTSP cameras (fixture ``rtsp_camera``) for any test directory.
 pytest_plugins = ["vap_rtspcam.fixtures"]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Every model and sample video, made available before collection the way `vap up` does it: ready copies
+    ($VAP_MODELS_DIR / $VAP_SAMPLE_DATA_DIR, or ../shared beside the checkout) when there, else fetched and
+    converted into the per-user cache once per machine. Nothing is skipped for a missing file: a fetch
+    that fails ends the session with its reason."""
+    from vap_common.paths import sample_data_dir
+    from vap_inference.models.registry import BUILTIN_MODELS
+    from vap_stack.sample import SampleError, ensure_sample_videos
+    from vap_stack.up import StackError, ensure_models
+
+    def report(message: str) -> None:
+        print(f"[test assets] {message}", file=sys.__stderr__, flush=True)
+
+    try:
+        # Videos first: the INT8 models are calibrated on their frames.
+        ensure_sample_videos(sample_data_dir(), report)
+        ensure_models([spec.name for spec in BUILTIN_MODELS], report)
+    except (SampleError, StackError) as exc:
+        pytest.exit(f"test assets unavailable: {exc}", returncode=3)
 
 
 @pytest.fixture(scope="session")

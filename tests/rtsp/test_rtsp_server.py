@@ -11,6 +11,7 @@ import itertools
 import sys
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,35 @@ def make_short_clip(src: Path, dst: Path, frames: int) -> None:
             packet.stream = out_stream
             out.mux(packet)
             n += 1
+
+
+def make_sliced_clip(src: Path, dst: Path, frames: int, slices: int) -> None:
+    """Re-encode the first `frames` frames of src with `slices` slices per picture, as many IP cameras send."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 768, 576, "yuv420p"
+        stream.options = {"bf": "0", "g": "25", "preset": "veryfast", "x264-params": f"sliced-threads=0:slices={slices}"}
+        for i, frame in enumerate(inp.decode(video=0)):
+            if i == frames:
+                break
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+
+
+def slices_per_picture(path: Path) -> set[int]:
+    """How many slice NAL units (types 1 and 5) each stored picture has (mp4: 4-byte length prefixes)."""
+    counts: set[int] = set()
+    with av.open(str(path)) as container:
+        for packet in container.demux(video=0):
+            data, i, n = bytes(packet), 0, 0
+            while i + 4 < len(data):
+                size = int.from_bytes(data[i : i + 4], "big")
+                n += (data[i + 4] & 0x1F) in (1, 5)
+                i += 4 + size
+            if data:
+                counts.add(n)
+    return counts
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
@@ -264,3 +294,15 @@ def test_shared_mode_joins_mid_stream_at_a_keyframe(rtsp_camera: RtspCameraFacto
     k = next((i for i, frame in enumerate(ref) if np.array_equal(frame, got[0])), None)
     assert k is not None and k > 0 and k % 25 == 0, f"second client started at file frame {k}"
     assert_frames_equal(got, ref, first=k)
+
+
+def test_multi_slice_pictures_arrive_whole_and_once(rtsp_camera: RtspCameraFactory, tmp_path: Path) -> None:
+    """A picture cut into several slices reaches the client as one picture, bit-exact, once: the payloader
+    once put SPS/PPS in front of every IDR slice, which starts a new access unit, so FFmpeg split each
+    keyframe into partial pictures (half black, a repeated pts) and every frame after it decoded wrong."""
+    clip = tmp_path / "sliced.mp4"
+    make_sliced_clip(DEFAULT_FILE, clip, frames=60, slices=4)
+    assert slices_per_picture(clip) == {4}  # the premise: every picture has 4 slices
+    got = read_frames(rtsp_camera(clip).url, 55)
+    assert_frames_equal(got.frames, file_frames(clip, 60))
+    assert_pts_steady(got.pts)

@@ -1,4 +1,4 @@
-"""Where VAP finds its sample videos: one place, so tests, benchmarks and the demo agree."""
+"""Where VAP finds its sample videos and models: one place, so tests, benchmarks and the demo agree."""
 
 from __future__ import annotations
 
@@ -7,18 +7,28 @@ from pathlib import Path
 
 SAMPLE_DATA_ENV = "VAP_SAMPLE_DATA_DIR"
 MODELS_ENV = "VAP_MODELS_DIR"
+CACHE_ENV = "VAP_CACHE_DIR"
 # The repository root: libs/common/vap_common/paths.py -> three levels up.
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
+def cache_dir() -> Path:
+    """$VAP_CACHE_DIR, else $XDG_CACHE_HOME/vap, else ~/.cache/vap: what VAP fetches or builds once per
+    machine (models, sample videos), shared by every checkout of the user."""
+    if given := os.environ.get(CACHE_ENV):
+        return Path(given)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "vap"
+
+
 def sample_data_dir() -> Path:
-    """$VAP_SAMPLE_DATA_DIR, else ../shared/data beside the checkout, else .vap/data in the checkout."""
+    """$VAP_SAMPLE_DATA_DIR, else ../shared/data beside the checkout, else the cache's data/."""
     if given := os.environ.get(SAMPLE_DATA_ENV):
         return Path(given)
     beside = REPO_ROOT.parent / "shared" / "data"
     if beside.is_dir():
         return beside
-    return REPO_ROOT / ".vap" / "data"
+    return cache_dir() / "data"
 
 
 def sample_video(name: str = "vtest-576p25.mp4") -> Path:
@@ -26,8 +36,8 @@ def sample_video(name: str = "vtest-576p25.mp4") -> Path:
 
 
 def models_dir() -> Path:
-    """$VAP_MODELS_DIR (ready model files, e.g. ../shared/models in CI), else .vap/models in the checkout,
-    where the model fetcher caches what it builds."""
+    """$VAP_MODELS_DIR (ready model files, e.g. ../shared/models in CI), else the cache's models/, where
+    the model fetcher keeps what it converts."""
     if given := os.environ.get(MODELS_ENV):
         return Path(given)
-    return REPO_ROOT / ".vap" / "models"
+    return cache_dir() / "models"

@@ -265,7 +265,7 @@ def build_server(args: argparse.Namespace, clip: Clip) -> Any:
     # the clip's memory, so this costs next to nothing; without a bound the feeder would never stop).
     factory.set_launch(
         f"( appsrc name=src is-live=true format=time max-bytes=2000000 caps={json.dumps(clip.caps)} "
-        "! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+        "! h264parse ! rtph264pay name=pay0 pt=96 config-interval=0 )"
     )
     factory.set_shared(args.shared)
     protocols = GstRtsp.RTSPLowerTrans(0)

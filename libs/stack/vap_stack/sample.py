@@ -1,10 +1,15 @@
-"""The sample video on a fresh machine: OpenCV's ``vtest.avi`` (Debian package opencv-doc) as H.264 mp4.
+"""The sample videos on a fresh machine: OpenCV's ``vtest.avi`` (Debian package opencv-doc) as H.264 mp4.
 
-The checked-in data set (../shared/data, see its README) was made from the same file; without it, `vap up`
-fetches the package with ``apt-get download`` (no root needed), unpacks it with ``dpkg -x`` and transcodes
-the clip with PyAV into ``.vap/data`` (``vap_common.paths.sample_data_dir()``'s fallback), scaled to the
-height in the requested name (``vtest-720p25.mp4`` -> 720 lines, 25 fps). Only names of that form can be
-made; anything else is a file the user has to provide.
+The data set in ../shared/data (see its README) was made from the same file with Debian's ffmpeg; without it,
+`vap up` and the test suite fetch the package with ``apt-get download`` (no root needed), unpack it with
+``dpkg -x`` and encode the clip the same way into ``sample_data_dir()`` (a per-user cache by default).
+Names of the form ``vtest-<H>p<FPS>[-<S>s].mp4`` can be made: 576 lines keep the source's 768x576, other
+heights are 16:9 (``vtest-720p25.mp4`` -> 1280x720), ``-10s`` keeps the first 10 seconds. Anything else is a
+file the user has to provide.
+
+The encoding matters to every consumer: one slice per picture, no B-frames, a keyframe every second. PyAV's
+libx264 defaults to sliced threads (several slices per picture), which some RTSP paths split into separate
+pictures; the ffmpeg command pins what ../shared/data used, and the PyAV fallback turns sliced threads off.
 """
 
 from __future__ import annotations
@@ -14,17 +19,56 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 PACKAGE = "opencv-doc"
 MEMBER = "usr/share/doc/opencv-doc/examples/data/vtest.avi"
 INSTALLED = Path("/") / MEMBER
-_NAME_RE = re.compile(r"^vtest-(\d{3,4})p(\d{2})\.mp4$")
+_NAME_RE = re.compile(r"^vtest-(\d{3,4})p(\d{2})(?:-(\d{1,4})s)?\.mp4$")
+# The data set's files (../shared/data): every one the tests and the demo site name.
+STANDARD_NAMES = ("vtest-576p25.mp4", "vtest-720p25.mp4", "vtest-1080p25-10s.mp4")
+SOURCE_HEIGHT, SOURCE_WIDTH = 576, 768
+_DATASET_KBIT_S = {576: 1500, 720: 2500, 1080: 4000}
 
 
 class SampleError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class SampleEncoding:
+    width: int
+    height: int
+    fps: int
+    seconds: int | None  # None = the whole clip
+    kbit_s: int
+
+    @classmethod
+    def from_name(cls, name: str) -> SampleEncoding | None:
+        match = _NAME_RE.match(name)
+        if match is None:
+            return None
+        height, fps = int(match.group(1)), int(match.group(2))
+        seconds = int(match.group(3)) if match.group(3) else None
+        width = SOURCE_WIDTH if height == SOURCE_HEIGHT else round(height * 16 / 9 / 2) * 2
+        # The data set's rates; other sizes get 720p's rate per pixel.
+        kbit_s = _DATASET_KBIT_S.get(height) or max(500, round(2500 * width * height / (1280 * 720), -2))
+        return cls(width, height, fps, seconds, int(kbit_s))
+
+    def ffmpeg_argv(self, src: Path, dest: Path) -> list[str]:
+        rate = f"{self.kbit_s}k"
+        argv = ["ffmpeg", "-v", "error", "-y", "-r", str(self.fps), "-i", str(src)]
+        if self.seconds is not None:
+            argv += ["-t", str(self.seconds)]
+        return [
+            *argv,
+            "-vf", f"scale={self.width}x{self.height},format=yuv420p",
+            "-c:v", "libx264", "-preset", "medium", "-profile:v", "main", "-bf", "0",
+            "-g", str(self.fps), "-keyint_min", str(self.fps), "-sc_threshold", "0",
+            "-b:v", rate, "-maxrate", rate, "-bufsize", rate, "-an", "-f", "mp4", str(dest),
+        ]  # fmt: skip
 
 
 def _source_avi(work: Path, report: Callable[[str], None]) -> Path:
@@ -46,37 +90,70 @@ def _source_avi(work: Path, report: Callable[[str], None]) -> Path:
     return avi
 
 
-def transcode(src: Path, dest: Path, height: int, fps: int) -> None:
-    """H.264 (yuv420p, no B-frames, a keyframe every second: quick RTSP joins) scaled to ``height``."""
-    import av
-
+def transcode(src: Path, dest: Path, encoding: SampleEncoding) -> None:
+    """``src`` encoded as ``encoding`` says: Debian's ffmpeg when installed (the data set's own command),
+    else PyAV with the same settings."""
     tmp = dest.with_suffix(".part.mp4")
-    with av.open(str(src)) as inp, av.open(str(tmp), "w") as out:
-        vin = inp.streams.video[0]
-        width = round(vin.codec_context.width * height / vin.codec_context.height / 2) * 2
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"bf": "0", "g": str(fps), "preset": "veryfast", "crf": "23"}
-        stream.codec_context.time_base = Fraction(1, fps)
-        for i, frame in enumerate(inp.decode(vin)):
-            scaled = frame.reformat(width=width, height=height, format="yuv420p")
-            scaled.pts, scaled.time_base = i, Fraction(1, fps)
-            out.mux(stream.encode(scaled))
-        out.mux(stream.encode(None))
+    if shutil.which("ffmpeg"):
+        got = subprocess.run(encoding.ffmpeg_argv(src, tmp), capture_output=True, text=True, check=False)
+        if got.returncode != 0:
+            raise SampleError(f"ffmpeg could not encode {dest.name}: {got.stderr.strip()[-500:]}")
+    else:
+        _transcode_pyav(src, tmp, encoding)
     tmp.replace(dest)
 
 
+def _transcode_pyav(src: Path, dest: Path, encoding: SampleEncoding) -> None:
+    import av
+
+    fps = encoding.fps
+    last = None if encoding.seconds is None else encoding.seconds * fps
+    rate = str(encoding.kbit_s * 1000)
+    with av.open(str(src)) as inp, av.open(str(dest), "w", format="mp4") as out:
+        vin = inp.streams.video[0]
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = encoding.width, encoding.height, "yuv420p"
+        stream.options = {
+            "preset": "medium", "profile": "main", "bf": "0", "g": str(fps), "keyint_min": str(fps),
+            "sc_threshold": "0", "b": rate, "maxrate": rate, "bufsize": rate,
+            "x264-params": "sliced-threads=0",  # one slice per picture, as ffmpeg's frame threads give
+        }  # fmt: skip
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i, frame in enumerate(inp.decode(vin)):
+            if last is not None and i >= last:
+                break
+            scaled = frame.reformat(width=encoding.width, height=encoding.height, format="yuv420p")
+            scaled.pts, scaled.time_base = i, Fraction(1, fps)
+            out.mux(stream.encode(scaled))
+        out.mux(stream.encode(None))
+
+
 def ensure_sample_video(path: Path, report: Callable[[str], None]) -> Path:
-    """``path`` when it exists; else, for a ``vtest-<H>p<FPS>.mp4`` name, made from OpenCV's vtest.avi."""
-    if path.is_file():
-        return path
-    match = _NAME_RE.match(path.name)
-    if match is None:
-        raise SampleError(f"video {path} does not exist (set VAP_SAMPLE_DATA_DIR or give a path)")
-    height, fps = int(match.group(1)), int(match.group(2))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``path`` when it exists; else, for a ``vtest-<H>p<FPS>[-<S>s].mp4`` name, made from vtest.avi."""
+    if not path.is_file():
+        _make([path], report)
+    return path
+
+
+def ensure_sample_videos(directory: Path, report: Callable[[str], None]) -> list[Path]:
+    """Every file of the data set in ``directory``, made where missing (vtest.avi fetched once)."""
+    paths = [directory / n for n in STANDARD_NAMES]
+    _make([p for p in paths if not p.is_file()], report)
+    return paths
+
+
+def _make(paths: list[Path], report: Callable[[str], None]) -> None:
+    encodings = []
+    for path in paths:
+        encoding = SampleEncoding.from_name(path.name)
+        if encoding is None:
+            raise SampleError(f"video {path} does not exist (set VAP_SAMPLE_DATA_DIR or give a path)")
+        encodings.append(encoding)
+    if not paths:
+        return
     with tempfile.TemporaryDirectory(prefix="vap-sample-") as work:
         avi = _source_avi(Path(work), report)
-        report(f"making {path} from {avi.name} ({height}p, {fps} fps)")
-        transcode(avi, path, height, fps)
-    return path
+        for path, encoding in zip(paths, encodings, strict=True):
+            report(f"making {path} from {avi.name} ({encoding.width}x{encoding.height}, {encoding.fps} fps)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            transcode(avi, path, encoding)

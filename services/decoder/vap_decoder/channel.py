@@ -44,6 +44,7 @@ from vap_decoder.ring_sink import RingSink
 from vap_decoder.sampler import FrameSampler
 from vap_decoder.settings import DecoderSettings
 from vap_decoder.source import OpenSource, SourcePlan, classify_error, describe, open_source, plan_source
+from vap_decoder.timestamps import StreamClock
 from vap_proto.v1.agent_pb2 import StartChannel
 
 _log = get_logger("vap.decoder.channel")
@@ -129,6 +130,7 @@ class ChannelRunner:
         self.stall_timeout_s = _seconds(spec.stall_timeout, settings.stall_timeout_s)
         self._stop = threading.Event()
         self._pacer = RealtimePacer(self._stop)
+        self._clock = StreamClock()
         self.sequence = 0
         self._opens = 0
         self._output: FrameOutput | None = None  # started by run()
@@ -229,6 +231,7 @@ class ChannelRunner:
             self.health.stream_epoch = self._opens - 1
             self.health.codec = source.codec
             self.health.source_fps = source.source_fps
+            self._clock.reset(source.time_base, source.source_fps)
             self.sampler.reset()
             self._pacer.reset()
             return self._pump(source, plan)
@@ -246,7 +249,6 @@ class ChannelRunner:
 
     def _pump(self, source: OpenSource, plan: SourcePlan) -> SessionEnd:
         health = self.health
-        time_base = source.time_base
         stop = self._stop
         streaming = False
         last_frame = time.monotonic()
@@ -277,17 +279,19 @@ class ChannelRunner:
                 health.width, health.height = first.width, first.height
                 self._transition(STREAMING, f"{health.codec} {first.width}x{first.height}")
             for frame in frames:
-                self._on_frame(frame, time_base, plan)
+                self._on_frame(frame, plan)
         return SessionEnd.EOF
 
-    def _on_frame(self, frame: av.VideoFrame, time_base: float, plan: SourcePlan) -> None:
+    def _on_frame(self, frame: av.VideoFrame, plan: SourcePlan) -> None:
         health = self.health
         health.frames_decoded += 1
         if frame.is_corrupt:  # FFmpeg concealed damaged macroblocks: usable, but worth counting
             health.decode_errors += 1
             self._log_corrupt("corrupt frame concealed", decode_errors=health.decode_errors)
-        pts = frame.pts
-        t = pts * time_base if pts is not None and time_base else time.monotonic()
+        t, repaired = self._clock.seconds(frame.pts)
+        # A missing pts is normal (RTSP's first picture); a repeated or backward one is worth a log line.
+        if repaired and frame.pts is not None:
+            self._log_corrupt("timestamp not increasing", pts=frame.pts, repairs=self._clock.repairs)
         # Decided on the timestamp alone: a skipped frame's pixels are never converted or copied.
         if not self.sampler.keep(t):
             health.frames_skipped += 1
@@ -298,7 +302,7 @@ class ChannelRunner:
         self._output.submit(
             frame,
             sequence=self.sequence,
-            pts_us=int(t * 1e6) if pts is not None else 0,
+            pts_us=round(t * 1e6),
             capture_time_ns=time.time_ns(),
             stream_epoch=health.stream_epoch,
         )

@@ -34,7 +34,7 @@ class InferenceSettings(ServiceSettings):
     # More models to load at start (others load on first use).
     preload: list[str] = Field(default_factory=list)
     user_models: list[UserModel] = Field(default_factory=list)
-    # None = $VAP_MODELS_DIR, else .vap/models (where `python -m vap_inference.models fetch` caches).
+    # None = $VAP_MODELS_DIR, else ~/.cache/vap/models (where `python -m vap_inference.models fetch` caches).
     models_dir: Path | None = None
 
     # auto: TensorRT when tensorrt + pycuda import and a CUDA device exists, else ONNX Runtime (with its

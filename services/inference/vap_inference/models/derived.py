@@ -1,7 +1,7 @@
 """Derived models: files VAP builds itself from a shipped base model (e.g. ``nanodet-m-416-int8``, the INT8
 quantisation of ``nanodet-m-416``), cached and keyed by the base file's sha256.
 
-Where: ``$VAP_DERIVED_MODELS_DIR``, else ``.vap/models/derived`` in the checkout, never the models
+Where: ``$VAP_DERIVED_MODELS_DIR``, else ``models/derived`` in the per-user cache, never the models
 directory itself ($VAP_MODELS_DIR may be a shared directory of ready copies). Each build writes
 ``<name>.<base sha256[:16]>.r<recipe version>.onnx`` and a JSON record beside it
 (base and own sha256, recipe, library versions, calibration frames, agreement with the base model).
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from vap_common import paths
 from vap_common.logs import get_logger
-from vap_common.paths import REPO_ROOT
 from vap_inference.errors import ModelVerificationError
 from vap_inference.models.registry import ModelSpec, builtin
 from vap_inference.models.verify import sha256_file, verify_file
@@ -86,7 +86,7 @@ class DerivedRecord:
 def derived_models_dir() -> Path:
     if given := os.environ.get(DERIVED_ENV):
         return Path(given)
-    return REPO_ROOT / ".vap" / "models" / "derived"
+    return paths.cache_dir() / "models" / "derived"
 
 
 def recipe_version(spec: ModelSpec) -> int:

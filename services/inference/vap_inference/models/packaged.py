@@ -16,8 +16,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vap_common import paths
 from vap_common.logs import get_logger
-from vap_common.paths import REPO_ROOT, models_dir
+from vap_common.paths import models_dir
 from vap_inference.models.verify import sha256_file
 
 _log = get_logger("vap.inference.packaged")
@@ -63,10 +64,10 @@ PACKAGED_FILES: tuple[PackagedFile, ...] = (GENDER_V1, AGE_V1, FACE_LANDMARKS_5)
 
 
 def cache_dir() -> Path:
-    """$VAP_MODEL_CACHE_DIR, else .vap/models in the checkout (where the model fetcher keeps its work)."""
+    """$VAP_MODEL_CACHE_DIR, else the per-user cache's models/ (where the model fetcher keeps its work)."""
     if given := os.environ.get(CACHE_ENV):
         return Path(given)
-    return REPO_ROOT / ".vap" / "models"
+    return paths.cache_dir() / "models"
 
 
 def _verified(path: Path, spec: PackagedFile) -> bool:
