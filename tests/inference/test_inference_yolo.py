@@ -1,14 +1,14 @@
 """The YOLOv8/YOLO11 decoder: synthetic outputs (always), and a real Ultralytics ONNX export built from
-its YAML with random weights (shapes and decoding only, never accuracy; skipped without ultralytics)."""
+its YAML with random weights (shapes and decoding only, never accuracy), made and read back by Ultralytics
+in its own cached environment (tests/inference/ultralytics_env.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import ultralytics_env
 
 from vap_inference.backends.base import TensorInfo
 from vap_inference.backends.onnxruntime import OrtBackend
@@ -52,43 +52,51 @@ def test_signature_errors_are_clear() -> None:
     assert len(yolo.class_names({}, 80)) == 80 and yolo.class_names({}, 2) == ("class_0", "class_1")
 
 
+EXPORT_SCRIPT = """
+import torch
+from ultralytics import YOLO
+
+torch.manual_seed(0)
+# Built from the YAML: random weights, no download. Dynamic batch and a non-default size.
+model = YOLO("yolov8n.yaml")
+# The fresh head's class bias (log(5 / nc / 6400)) makes every score ~1e-4 whatever the input; zeroing it
+# lets the random features show through, so there are boxes to decode.
+for module in model.model.modules():
+    if type(module).__name__ == "Detect":
+        for branch in module.cv3:
+            torch.nn.init.zeros_(branch[-1].bias)
+model.export(format="onnx", imgsz=320, dynamic=True, simplify=False, opset=17)
+"""
+
+# Ultralytics' own reading of one output row set: boxes by its xywh2xyxy, best class and its score.
+CONVERT_SCRIPT = """
+import sys
+import numpy as np
+import torch
+from ultralytics.utils.ops import xywh2xyxy
+
+out = np.load(sys.argv[1])
+pred = torch.from_numpy(out.T.copy())
+conf, cls = pred[:, 4:].max(dim=1)
+np.savez(sys.argv[2], boxes=xywh2xyxy(pred[:, :4]).numpy(), conf=conf.numpy(), cls=cls.numpy())
+"""
+
+
 @pytest.fixture(scope="module")
 def yolo_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if importlib.util.find_spec("ultralytics") is None or importlib.util.find_spec("torch") is None:
-        pytest.skip(
-            "ultralytics and torch are not installed (pip install torch==2.13.0 onnx; "
-            "pip install --no-deps ultralytics ultralytics-thop torchvision==0.28.0)"
-        )
     work = tmp_path_factory.mktemp("yolo")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(work / "cfg"))
-    os.environ["YOLO_OFFLINE"] = "1"
-    from ultralytics import YOLO
-
-    cwd = Path.cwd()
-    os.chdir(work)
-    try:
-        import torch
-
-        torch.manual_seed(0)
-        # Built from the YAML: random weights, no download. Dynamic batch and a non-default size.
-        model = YOLO("yolov8n.yaml")
-        # The fresh head's class bias (log(5 / nc / 6400)) makes every score ~1e-4 whatever the input;
-        # zeroing it lets the random features show through, so there are boxes to decode.
-        for module in model.model.modules():
-            if type(module).__name__ == "Detect":
-                for branch in module.cv3:
-                    torch.nn.init.zeros_(branch[-1].bias)
-        exported = model.export(format="onnx", imgsz=320, dynamic=True, simplify=False, opset=17)
-    finally:
-        os.chdir(cwd)
-    path = Path(exported)
-    return path if path.is_absolute() else work / path
+    ultralytics_env.run(EXPORT_SCRIPT, cwd=work)
+    return work / "yolov8n.onnx"
 
 
-def test_ultralytics_export_loads_decodes_and_batches(yolo_export: Path) -> None:
-    import torch
-    from ultralytics.utils.ops import xywh2xyxy
+def ultralytics_reading(raw_out: np.ndarray, work: Path) -> dict[str, np.ndarray]:
+    np.save(work / "out.npy", raw_out)
+    ultralytics_env.run(CONVERT_SCRIPT, str(work / "out.npy"), str(work / "theirs.npz"), cwd=work)
+    with np.load(work / "theirs.npz") as theirs:
+        return {k: theirs[k] for k in ("boxes", "conf", "cls")}
 
+
+def test_ultralytics_export_loads_decodes_and_batches(yolo_export: Path, tmp_path: Path) -> None:
     backend = OrtBackend(yolo_export, threads=2, batch_cap=4)
     # A dynamic export names every output axis: the class count comes from Ultralytics' names metadata.
     assert backend.outputs[0].fixed(1) is None
@@ -107,16 +115,15 @@ def test_ultralytics_export_loads_decodes_and_batches(yolo_export: Path) -> None
     threshold = float(np.quantile(raw_out[0, 4:].max(axis=0), 0.98))  # ~40 candidates from random weights
     raw = detector.decoder.decode(outputs, 0, threshold, None)
     assert 10 <= len(raw) <= 200
-    pred = torch.from_numpy(raw_out[0].T.copy())
-    conf, cls = pred[:, 4:].max(dim=1)
-    keep = conf > threshold
-    expected = xywh2xyxy(pred[keep, :4]).numpy()
+    theirs = ultralytics_reading(raw_out[0], tmp_path)
+    keep = theirs["conf"] > threshold
+    expected = theirs["boxes"][keep]
     order_ours, order_theirs = (
         np.argsort(raw.scores, kind="stable"),
-        np.argsort(conf[keep].numpy(), kind="stable"),
+        np.argsort(theirs["conf"][keep], kind="stable"),
     )
     np.testing.assert_allclose(raw.boxes[order_ours], expected[order_theirs], rtol=1e-5, atol=1e-3)
-    assert raw.class_ids[order_ours].tolist() == cls[keep].numpy()[order_theirs].tolist()
+    assert raw.class_ids[order_ours].tolist() == theirs["cls"][keep][order_theirs].tolist()
     # And the whole path maps boxes into the image.
     dets = detector.postprocess(outputs, 0, lb, detector.options(confidence=threshold))
     assert len(dets) > 0
