@@ -104,11 +104,16 @@ def make_short_clip(src: Path, dst: Path, frames: int) -> None:
 
 
 def make_sliced_clip(src: Path, dst: Path, frames: int, slices: int) -> None:
-    """Re-encode the first `frames` frames of src with `slices` slices per picture, as many IP cameras send."""
+    """The first `frames` frames of src re-encoded with `slices` slices per picture, as many cameras send."""
     with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 768, 576, "yuv420p"
-        stream.options = {"bf": "0", "g": "25", "preset": "veryfast", "x264-params": f"sliced-threads=0:slices={slices}"}
+        stream.options = {
+            "bf": "0",
+            "g": "25",
+            "preset": "veryfast",
+            "x264-params": f"sliced-threads=0:slices={slices}",
+        }
         for i, frame in enumerate(inp.decode(video=0)):
             if i == frames:
                 break
