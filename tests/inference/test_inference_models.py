@@ -16,13 +16,27 @@ from vap_inference.errors import ModelVerificationError
 from vap_inference.models.__main__ import main as models_cli
 from vap_inference.models.fetch import fetch_all
 from vap_inference.models.registry import NANODET, SSDLITE, builtin
-from vap_inference.models.verify import verify_file, verify_model
+from vap_inference.models.verify import conversion_record, sha256_file, verify_file, verify_model
 
 
 def test_fetch_verifies_ready_copies(models_dir: Path) -> None:
     results = fetch_all([NANODET.name, SSDLITE.name], models_dir)
     assert [r.how for r in results] == ["ready copy", "ready copy"]
-    assert results[0].sha256.startswith(NANODET.sha256_prefix)
+    # The reference conversion (../shared) or this machine's own conversion, known by its record.
+    assert results[0].sha256 == sha256_file(models_dir / NANODET.filename)
+    assert verify_file(NANODET, models_dir / NANODET.filename) == results[0].sha256
+
+
+def test_a_conversion_made_here_is_known_by_its_record_and_nothing_else(tmp_path: Path) -> None:
+    converted = tmp_path / NANODET.filename
+    converted.write_bytes(b"not the reference bytes")
+    with pytest.raises(ModelVerificationError, match="expected"):
+        verify_file(NANODET, converted)
+    conversion_record(converted).write_text(f"{sha256_file(converted)}  {converted.name}  converted\n")
+    assert verify_file(NANODET, converted) == sha256_file(converted)
+    converted.write_bytes(b"changed after the conversion")  # corrupt: the record no longer vouches for it
+    with pytest.raises(ModelVerificationError, match="expected"):
+        verify_file(NANODET, converted)
 
 
 def test_fetch_from_a_directory_copies_and_verifies(
@@ -34,7 +48,8 @@ def test_fetch_from_a_directory_copies_and_verifies(
     assert f"copied from {models_dir}" in capsys.readouterr().out
     assert models_cli(["list", "--dest", str(dest)]) == 0
     listing = capsys.readouterr().out
-    assert f"{SSDLITE.sha256_prefix} ok" in listing and "missing" in listing  # nanodet was not copied
+    copied = sha256_file(dest / SSDLITE.filename)
+    assert f"{copied[:12]} ok" in listing and "missing" in listing  # nanodet was not copied
 
 
 def test_list_shows_state(
@@ -43,7 +58,7 @@ def test_list_shows_state(
     monkeypatch.setenv("VAP_MODELS_DIR", str(models_dir))
     assert models_cli(["list"]) == 0
     out = capsys.readouterr().out
-    assert f"{NANODET.sha256_prefix} ok" in out and SSDLITE.name in out
+    assert f"{sha256_file(models_dir / NANODET.filename)[:12]} ok" in out and SSDLITE.name in out
 
 
 def test_corrupt_file_gives_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

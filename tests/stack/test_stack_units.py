@@ -156,31 +156,73 @@ def test_dataset_quota_and_max_frames(tmp_path: Path) -> None:
     ]
 
 
-def test_sample_video_transcode(tmp_path: Path) -> None:
-    from vap_common.paths import sample_video
-    from vap_stack.sample import ensure_sample_video, transcode
-
-    source = sample_video("vtest-576p25.mp4")
-    if not source.is_file():
-        pytest.skip(f"{source} not found (set VAP_SAMPLE_DATA_DIR)")
+def _slices_per_picture(path: Path) -> set[int]:
     import av
 
+    counts: set[int] = set()
+    with av.open(str(path)) as container:
+        for packet in container.demux(video=0):
+            data, i, n = bytes(packet), 0, 0
+            while i + 4 < len(data):
+                n += (data[i + 4] & 0x1F) in (1, 5)
+                i += 4 + int.from_bytes(data[i : i + 4], "big")
+            if data:
+                counts.add(n)
+    return counts
+
+
+@pytest.mark.parametrize("encoder", ["ffmpeg", "pyav"])
+def test_sample_video_transcode(tmp_path: Path, encoder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data set's encoding either way: H.264 main, 16:9 at 360 lines, no B-frames, a keyframe a second
+    and one slice per picture (several slices broke the RTSP test camera once; PyAV's default makes them)."""
+    import shutil
+
+    import av
+
+    from vap_common.paths import sample_video
+    from vap_stack import sample
+    from vap_stack.sample import SampleEncoding, ensure_sample_video, transcode
+
+    if encoder == "ffmpeg" and shutil.which("ffmpeg") is None:
+        pytest.fail("ffmpeg is not installed (scripts/setup.sh installs it)")
+    if encoder == "pyav":
+        monkeypatch.setattr(sample.shutil, "which", lambda _name: None)
+    source = sample_video("vtest-576p25.mp4")
     # A short clip stands in for vtest.avi: the transcode (scale, H.264, fps) is what is tested here.
     clip = tmp_path / "clip.mp4"
     with av.open(str(source)) as inp, av.open(str(clip), "w") as out:
         stream = out.add_stream("mpeg4", rate=25)
         stream.width, stream.height, stream.pix_fmt = 768, 576, "yuv420p"
         for i, frame in enumerate(inp.decode(video=0)):
-            if i >= 10:
+            if i >= 30:
                 break
             out.mux(stream.encode(frame.reformat(format="yuv420p")))
         out.mux(stream.encode(None))
     dest = tmp_path / "vtest-360p25.mp4"
-    transcode(clip, dest, 360, 25)
+    encoding = SampleEncoding.from_name(dest.name)
+    assert encoding is not None and (encoding.width, encoding.height, encoding.fps) == (640, 360, 25)
+    transcode(clip, dest, encoding)
     with av.open(str(dest)) as result:
         video = result.streams.video[0]
-        assert video.codec_context.name == "h264" and video.height == 360 and video.width == 480
-        assert sum(1 for _ in result.decode(video=0)) == 10
+        assert video.codec_context.name == "h264" and video.height == 360 and video.width == 640
+        assert video.codec_context.profile == "Main"
+        frames = list(result.decode(video=0))
+        assert len(frames) == 30
+        assert [i for i, f in enumerate(frames) if f.key_frame] == [0, 25]
+        assert all(int(f.pict_type) != int(av.video.frame.PictureType.B) for f in frames)
+    assert _slices_per_picture(dest) == {1}
     assert ensure_sample_video(dest, lambda _m: None) == dest  # present: nothing fetched
     with pytest.raises(Exception, match="does not exist"):
         ensure_sample_video(tmp_path / "my-own.mp4", lambda _m: None)
+
+
+def test_sample_names_give_the_data_sets_encodings() -> None:
+    from vap_stack.sample import STANDARD_NAMES, SampleEncoding
+
+    got = {n: SampleEncoding.from_name(n) for n in STANDARD_NAMES}
+    assert got["vtest-576p25.mp4"] == SampleEncoding(768, 576, 25, None, 1500)
+    assert got["vtest-720p25.mp4"] == SampleEncoding(1280, 720, 25, None, 2500)
+    assert got["vtest-1080p25-10s.mp4"] == SampleEncoding(1920, 1080, 25, 10, 4000)
+    argv = SampleEncoding(1920, 1080, 25, 10, 4000).ffmpeg_argv(Path("in.avi"), Path("out.mp4"))
+    assert argv[argv.index("-t") : argv.index("-t") + 2] == ["-t", "10"] and "-bf" in argv
+    assert SampleEncoding.from_name("my-camera.mp4") is None

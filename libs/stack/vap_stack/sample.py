@@ -114,9 +114,10 @@ def _transcode_pyav(src: Path, dest: Path, encoding: SampleEncoding) -> None:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = encoding.width, encoding.height, "yuv420p"
         stream.options = {
-            "preset": "medium", "profile": "main", "bf": "0", "g": str(fps), "keyint_min": str(fps),
-            "sc_threshold": "0", "b": rate, "maxrate": rate, "bufsize": rate,
-            "x264-params": "sliced-threads=0",  # one slice per picture, as ffmpeg's frame threads give
+            "preset": "medium", "profile": "main", "bf": "0", "b": rate, "maxrate": rate, "bufsize": rate,
+            # x264's own names: the generic sc_threshold/keyint_min do not reach it through every FFmpeg
+            # build. One slice per picture, as ffmpeg's frame threads give.
+            "x264-params": f"keyint={fps}:min-keyint={fps}:scenecut=0:sliced-threads=0",
         }  # fmt: skip
         stream.codec_context.time_base = Fraction(1, fps)
         for i, frame in enumerate(inp.decode(vin)):
@@ -124,6 +125,8 @@ def _transcode_pyav(src: Path, dest: Path, encoding: SampleEncoding) -> None:
                 break
             scaled = frame.reformat(width=encoding.width, height=encoding.height, format="yuv420p")
             scaled.pts, scaled.time_base = i, Fraction(1, fps)
+            # The source's own I-frames would become forced keyframes: x264 alone decides (every second).
+            scaled.pict_type = av.video.frame.PictureType.NONE
             out.mux(stream.encode(scaled))
         out.mux(stream.encode(None))
 

@@ -39,7 +39,7 @@ from vap_common.logs import get_logger
 from vap_inference.errors import ModelVerificationError
 from vap_inference.models import derived
 from vap_inference.models.registry import BUILTIN_MODELS, EMBEDDER, NANODET, SSDLITE, ModelSpec
-from vap_inference.models.verify import verify_file, verify_model
+from vap_inference.models.verify import conversion_record, recorded_sha256, verify_file, verify_model
 
 _log = get_logger("vap.inference.fetch")
 
@@ -123,6 +123,8 @@ class Fetcher:
             candidate = self.source / spec.filename
             digest = verify_model(spec, candidate)
             self._install(candidate, target, copy=True)
+            if recorded_sha256(candidate) == digest:  # a conversion made here: its record goes along
+                self._record(target, digest, f"copied from {self.source}")
             return FetchResult(
                 spec.name, target, digest, f"copied from {self.source}", time.monotonic() - started
             )
@@ -138,6 +140,7 @@ class Fetcher:
             )
             _log.warning("converted model differs from the reference", model=spec.name, note=note)
         self._install(out, target, copy=False)
+        self._record(target, digest, "converted")
         return FetchResult(spec.name, target, digest, "converted", time.monotonic() - started, note)
 
     def _derive(self, spec: ModelSpec, started: float) -> FetchResult:
@@ -152,6 +155,15 @@ class Fetcher:
         path, digest = derived.locate_model(spec, self.dest, build=False)
         verify_model(spec, path, check_hash=False)
         return FetchResult(spec.name, path, digest, how, time.monotonic() - started)
+
+    @staticmethod
+    def _record(target: Path, digest: str, how: str) -> None:
+        """Note the checked file's sha256 beside it (verify.recorded_sha256), so that later fetches and loads
+        accept this conversion although it differs from the reference bytes."""
+        record = conversion_record(target)
+        tmp = record.with_name(f".{record.name}.tmp")
+        tmp.write_text(f"{digest}  {target.name}  {how} by vap_inference.models.fetch\n")
+        tmp.replace(record)
 
     def _install(self, src: Path, target: Path, *, copy: bool) -> None:
         self.dest.mkdir(parents=True, exist_ok=True)
@@ -278,9 +290,11 @@ def status(spec: ModelSpec, dest: Path) -> str:
         digest = verify_file(spec, path, check_hash=False)
     except ModelVerificationError:
         return "missing"
-    if spec.sha256_prefix and not digest.startswith(spec.sha256_prefix):
-        return f"present, sha256 {digest[:12]} (reference {spec.sha256_prefix})"
-    return f"present, sha256 {digest[:12]} ok"
+    if spec.sha256_prefix and digest.startswith(spec.sha256_prefix):
+        return f"present, sha256 {digest[:12]} ok"
+    if digest == recorded_sha256(path):
+        return f"present, sha256 {digest[:12]} ok (converted here; reference {spec.sha256_prefix})"
+    return f"present, sha256 {digest[:12]} (reference {spec.sha256_prefix}; unknown file)"
 
 
 def fetch_all(

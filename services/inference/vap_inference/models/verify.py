@@ -12,7 +12,14 @@ from pathlib import Path
 from vap_inference.errors import ModelVerificationError
 from vap_inference.models.registry import ModelKind, ModelSpec
 
-__all__ = ["ModelVerificationError", "sha256_file", "verify_file", "verify_model"]
+__all__ = [
+    "ModelVerificationError",
+    "conversion_record",
+    "recorded_sha256",
+    "sha256_file",
+    "verify_file",
+    "verify_model",
+]
 
 _FETCH_HINT = (
     "run `python -m vap_inference.models fetch` (or set VAP_MODELS_DIR to a directory of ready copies)"
@@ -27,18 +34,36 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def conversion_record(path: Path) -> Path:
+    """Where the fetcher notes the sha256 of a model it converted itself (``<file>.sha256`` beside it)."""
+    return path.with_name(path.name + ".sha256")
+
+
+def recorded_sha256(path: Path) -> str | None:
+    """The sha256 the fetcher recorded when it converted ``path`` and checked its signature and probe
+    inference, or None. Converters are not bit-reproducible (TensorFlow, tf2onnx and PyTorch exports differ
+    run to run), so a conversion made on this machine is known by this record, not by the reference hash."""
+    try:
+        text = conversion_record(path).read_text().split()
+    except OSError:
+        return None
+    return text[0] if text else None
+
+
 def verify_file(spec: ModelSpec, path: Path, *, check_hash: bool = True) -> str:
     """The file's sha256, after checking that it exists, is not empty and (``check_hash``, shipped models)
-    matches the reference conversion."""
+    matches the reference conversion or the record of a conversion made here."""
     if not path.is_file():
         raise ModelVerificationError(f"model {spec.name!r}: file {path} not found; {_FETCH_HINT}")
     if path.stat().st_size == 0:
         raise ModelVerificationError(f"model {spec.name!r}: file {path} is empty; {_FETCH_HINT}")
     digest = sha256_file(path)
-    if check_hash and spec.sha256_prefix and not digest.startswith(spec.sha256_prefix):
+    known = digest.startswith(spec.sha256_prefix) or digest == recorded_sha256(path)
+    if check_hash and spec.sha256_prefix and not known:
         raise ModelVerificationError(
             f"model {spec.name!r}: {path} has sha256 {digest[:12]}..., expected {spec.sha256_prefix}... "
-            f"(a different or corrupt file); delete it and {_FETCH_HINT}"
+            f"or the one recorded when it was converted here (a different or corrupt file); "
+            f"delete it and {_FETCH_HINT}"
         )
     return digest
 
