@@ -23,6 +23,13 @@ def main(argv: list[str] | None = None) -> int:
         "--minutes", type=float, metavar="M", help="soak: minutes at steady load (default 60; --quick 1.5)"
     )
     parser.add_argument(
+        "--lines",
+        type=Path,
+        metavar="FILE",
+        help='accuracy: score these lines instead of the defaults ({"lines": [{"id": "L1", "points": '
+        "[[x1, y1], [x2, y2]]}]}, normalized coordinates)",
+    )
+    parser.add_argument(
         "--no-calibration",
         action="store_true",
         help="e2e, inference: skip measuring the machine's speed against DESIGN.md's planning figures first",

@@ -1,0 +1,1 @@
+"""bench accuracy: how right VAP's detections, identities and counts are, against ground truth."""
