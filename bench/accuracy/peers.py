@@ -85,7 +85,8 @@ def run_peer(
         shown = ids >= 0
         out = out[shown]
         for box, tid in zip(out.xyxy.tolist(), out.tracker_id.tolist(), strict=True):
-            tracked.append(Pred(f, int(tid), tuple(box)))  # type: ignore[arg-type]
+            x1, y1, x2, y2 = box
+            tracked.append(Pred(f, int(tid), (x1, y1, x2, y2)))
         for line_id, (zone, mapping) in zones.items():
             crossed_in, crossed_out = zone.trigger(out)
             for k in np.flatnonzero(crossed_in):

@@ -98,10 +98,8 @@ async def run_config(
         ),
         stub.StreamEvents(control_pb2.StreamEventsRequest(scenario_ids=[sid]), metadata=md),
     ]
-    tasks = [
-        asyncio.create_task(_collect(s, sink))
-        for s, sink in zip(streams, (tracked, raw, events), strict=True)
-    ]
+    sinks: list[list[Any]] = [tracked, raw, events]
+    tasks = [asyncio.create_task(_collect(s, sink)) for s, sink in zip(streams, sinks, strict=True)]
     result = RunResult(config)
     try:
         await asyncio.sleep(0.5)  # subscriptions in place before the first frame
@@ -145,15 +143,15 @@ async def run_config(
         for d in item.frame.detections:
             b = d.box
             result.raw.append(Pred(f, 0, (b.x1, b.y1, b.x2, b.y2), d.confidence))
-    for item in events:
-        ev = item.event
+    for got in events:
+        ev = got.event
         if ev.WhichOneof("kind") != "line_crossing":
             continue
-        f = seq_frame.get((ev.stream_epoch, ev.frame_sequence))
-        if f is None:
+        at = seq_frame.get((ev.stream_epoch, ev.frame_sequence))
+        if at is None:
             continue
         a_to_b = ev.line_crossing.direction == analytics_pb2.CROSSING_DIRECTION_A_TO_B
-        result.crossings.append(Crossing(ev.rule_id, int(ev.track_id), f, "a_to_b" if a_to_b else "b_to_a"))
+        result.crossings.append(Crossing(ev.rule_id, int(ev.track_id), at, "a_to_b" if a_to_b else "b_to_a"))
     cpu = procstats.cpu_pct(start, end)
     pipeline = sum(v for k, v in cpu.items() if k in PIPELINE)
     elapsed = result.seconds

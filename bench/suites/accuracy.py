@@ -73,7 +73,11 @@ def lines_to_score() -> dict[str, tuple[tuple[float, float], tuple[float, float]
     if path is None:
         return dict(DEFAULT_LINES)
     data = json.loads(path.read_text())
-    return {str(x["id"]): (tuple(x["points"][0]), tuple(x["points"][1])) for x in data["lines"]}  # type: ignore[misc]
+    out = {}
+    for line in data["lines"]:
+        (x1, y1), (x2, y2) = line["points"]
+        out[str(line["id"])] = ((float(x1), float(y1)), (float(x2), float(y2)))
+    return out
 
 
 def _inside(px: float, py: float) -> bool:

@@ -15,7 +15,7 @@ def _motmetrics() -> Any:
     # motmetrics 1.4 still calls np.asfarray, which numpy 2 removed. Restored here, for the bench only.
     if not hasattr(np, "asfarray"):
         np.asfarray = lambda a, dtype=np.float64: np.asarray(a, dtype=dtype)  # type: ignore[attr-defined]
-    import motmetrics  # type: ignore[import-untyped]
+    import motmetrics
 
     return motmetrics
 

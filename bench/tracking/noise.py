@@ -70,7 +70,7 @@ class FrameDets:
 
 
 def _motmetrics_data() -> Path:
-    import motmetrics  # type: ignore[import-untyped]
+    import motmetrics
 
     return Path(motmetrics.__file__).resolve().parent / "data"
 

@@ -85,9 +85,9 @@ def propose(
             for person, qs in persons.items()
             if overlap(p, person) <= MAX_OVERLAP
         ]
-        best = max(candidates, default=None)
-        if best is not None and best[0] >= MIN_SIMILARITY:
-            persons[best[1]].append(p)
+        nearest: tuple[float, str] | None = max(candidates, default=None)
+        if nearest is not None and nearest[0] >= MIN_SIMILARITY:
+            persons[nearest[1]].append(p)
         else:
             new += 1
             persons[f"X{new}"].append(p)

@@ -77,6 +77,11 @@ class Review:
         return cls(**{k: v for k, v in data.items() if v is not None})
 
 
+def _box(values: Any) -> Box:
+    x1, y1, x2, y2 = (float(v) for v in values)
+    return (x1, y1, x2, y2)
+
+
 def part_of(track: int, frame: int, split: dict[str, list[int]]) -> str:
     cuts = [c for c in split.get(str(track), []) if c <= frame]
     return f"{track}@{max(cuts)}" if cuts else str(track)
@@ -95,7 +100,7 @@ def apply(
     per frame the boxes of a later, better pre-label pass (refine())."""
     parts: dict[str, dict[int, tuple[Box, bool]]] = defaultdict(dict)
     for frame, track, box, detected in draft:
-        parts[part_of(track, frame, review.split)][frame] = (tuple(float(v) for v in box), detected)  # type: ignore[assignment]
+        parts[part_of(track, frame, review.split)][frame] = (_box(box), detected)
     for rule in review.drop:
         if isinstance(rule, dict):
             p = parts.get(str(rule["part"]), {})
@@ -120,7 +125,7 @@ def apply(
             for f in range(a, b + 1) if b > a else [a]:
                 w = 0.0 if b == a else (f - a) / (b - a)
                 box = tuple((1 - w) * np.array(keys[a]) + w * np.array(keys[b]))
-                people[person][f] = (box, True)  # type: ignore[assignment]
+                people[person][f] = (_box(box), True)
     # Fill gaps by interpolation.
     filled: dict[str, dict[int, tuple[Box, bool]]] = {}
     for person, boxes in people.items():
@@ -128,13 +133,11 @@ def apply(
         out = dict(boxes)
         for a, b in itertools.pairwise(frames):
             # Not across a gap that starts or ends at the left/right border: the person left the frame.
-            border = any(
-                boxes[k][0][0] <= 2 or boxes[k][0][2] >= review.frame_width - 2 for k in (a, b)
-            )
+            border = any(boxes[k][0][0] <= 2 or boxes[k][0][2] >= review.frame_width - 2 for k in (a, b))
             if 1 < b - a <= review.max_gap and not border:
                 for f in range(a + 1, b):
                     w = (f - a) / (b - a)
-                    out[f] = (tuple((1 - w) * np.array(boxes[a][0]) + w * np.array(boxes[b][0])), False)  # type: ignore[assignment]
+                    out[f] = (_box((1 - w) * np.array(boxes[a][0]) + w * np.array(boxes[b][0])), False)
         filled[person] = out
     order = sorted(filled, key=lambda p: (min(filled[p]), p))
     ids = {person: i + 1 for i, person in enumerate(order)}
@@ -182,8 +185,7 @@ def refine(
         iou = _iou_matrix(old, new[:, :4])
         for r, c in zip(*linear_sum_assignment(-iou), strict=True):
             if iou[r, c] >= 0.5:
-                box = tuple(float(v) for v in new[c, :4])
-                refined[items[r][0]][f] = (box, True)  # type: ignore[assignment]
+                refined[items[r][0]][f] = (_box(new[c, :4]), True)
                 shifts.append(new[c, :4] - old[r])
     shift = np.median(np.array(shifts), axis=0) if shifts else np.zeros(4)
     out: dict[str, dict[int, tuple[Box, bool]]] = {}
@@ -195,7 +197,7 @@ def refine(
                 continue
             inside = bool(known) and known[0] < f < known[-1]
             if not inside:  # no refined neighbour on both sides: keep it, moved like the matched boxes
-                mine[f] = (tuple(float(v) for v in np.array(box) + shift), observed)  # type: ignore[assignment]
+                mine[f] = (_box(np.array(box) + shift), observed)
         out[person] = mine
     return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import lap  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped]
+from scipy.optimize import linear_sum_assignment
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

@@ -1,10 +1,11 @@
 """NanoDet (GFL head) outputs: per stride a score tensor [N, HW, nc] (already sigmoid) and a box tensor
 [N, HW, 4 * bins]. For each side (left, top, right, bottom) the bins are a distribution: softmax over them,
-expected bin index x stride = distance from the cell's centre ((col + 0.5) * stride, (row + 0.5) * stride) to
-that edge, as NanoDet's GFL head defines its centre points. (shared/models/README.md says the cell's top-left
-corner; decoded that way every box sits half a cell up and left: ~8 px at 576 lines, IoU with hand-drawn boxes
-0.51 instead of 0.84 on the hand-counted vtest frames.) The TF.js conversion leaves the outputs unnamed, so they are matched by
-shape: grid size tells the stride, the last dimension tells scores (nc) from boxes (4 * bins).
+expected bin index x stride = distance from the cell's centre ((col + 0.5) * stride, (row + 0.5) * stride)
+to that edge, as NanoDet's GFL head defines its points. (shared/models/README.md says the cell's top-left
+corner; decoded that way every box sits half a cell up and left: ~8 px at 576 lines, IoU with hand-drawn
+boxes 0.51 instead of 0.84 on the hand-counted vtest frames.) The TF.js conversion leaves the outputs
+unnamed, so they are matched by shape: grid size tells the stride, the last dimension tells scores (nc)
+from boxes (4 * bins).
 """
 
 from __future__ import annotations
