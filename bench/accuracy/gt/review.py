@@ -7,8 +7,8 @@ Parts: a draft track can be cut at frames (``split: {7: [300]}`` makes parts ``7
 - ``persons``: each person's parts (``P1: ["1", "12", "33@300"]``), labelled with the hand counts' names
   where the person is one of theirs; parts named nowhere are dropped (and listed by ``check``);
 - ``add``: boxes drawn by hand, as keyframes ``{person: {frame: [x1, y1, x2, y2]}}``, linear between
-  consecutive keyframes, over whatever the machine had there (a person walking behind another, a box the
-  detector cut short);
+  keyframes up to 20 frames apart (further apart: separate single-frame fixes), over whatever the machine
+  had there (a person walking behind another, a box the detector cut short);
 - ``ignore``: frame ranges of a person that no detector can be asked to find (``{person, from, to}``);
   ``score`` the opposite, for spans the automatic rules would ignore.
 Gaps between a person's boxes of up to ``max_gap`` frames are filled by linear interpolation; filled boxes
@@ -30,6 +30,7 @@ import yaml
 from bench.accuracy.gt.motfile import GtBox
 
 Box = tuple[float, float, float, float]
+MAX_KEYFRAME_GAP = 20  # hand keyframes this close are one drawn path, interpolated between
 
 
 @dataclass
@@ -114,14 +115,19 @@ def apply(
     people: dict[str, dict[int, tuple[Box, bool]]] = defaultdict(dict)
     for part, boxes in parts.items():
         if part in owner:
+            mine = people[owner[part]]
             for f, (box, detected) in boxes.items():
-                people[owner[part]][f] = (box, detected)
+                # Two parts of one person in a frame: the detected box over an interpolated one, then the
+                # taller (a head-and-shoulders box is the same person seen worse).
+                if f not in mine or (detected, box[3] - box[1]) > (mine[f][1], mine[f][0][3] - mine[f][0][1]):
+                    mine[f] = (box, detected)
     if refine_with is not None:
-        people = refine(people, refine_with)
+        people = defaultdict(dict, refine(people, refine_with))
     # Boxes drawn by hand are final: after the refinement, over whatever the machine had.
     for person, keys in review.add.items():
         frames = sorted(keys)
-        for a, b in zip(frames, [*frames[1:], frames[-1]], strict=True):
+        for a, nxt in zip(frames, [*frames[1:], frames[-1]], strict=True):
+            b = a if nxt - a > MAX_KEYFRAME_GAP else nxt  # further apart: separate single-frame fixes
             for f in range(a, b + 1) if b > a else [a]:
                 w = 0.0 if b == a else (f - a) / (b - a)
                 box = tuple((1 - w) * np.array(keys[a]) + w * np.array(keys[b]))
@@ -132,8 +138,8 @@ def apply(
         frames = sorted(boxes)
         out = dict(boxes)
         for a, b in itertools.pairwise(frames):
-            # Not across a gap that starts or ends at the left/right border: the person left the frame.
-            border = any(boxes[k][0][0] <= 2 or boxes[k][0][2] >= review.frame_width - 2 for k in (a, b))
+            # Not across a gap that starts and ends at the left/right border: the person left the frame.
+            border = all(boxes[k][0][0] <= 2 or boxes[k][0][2] >= review.frame_width - 2 for k in (a, b))
             if 1 < b - a <= review.max_gap and not border:
                 for f in range(a + 1, b):
                     w = (f - a) / (b - a)
