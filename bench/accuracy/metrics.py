@@ -20,6 +20,7 @@ from scipy.optimize import linear_sum_assignment
 
 from bench.accuracy.crossings import Crossing
 from bench.accuracy.gt.motfile import GtBox
+from vap_inference.models.derived import iou_matrix as box_ious
 
 F64 = npt.NDArray[np.float64]
 IOU = 0.5
@@ -38,14 +39,7 @@ class Pred:
 def iou_matrix(a: Sequence[tuple[float, ...]], b: Sequence[tuple[float, ...]]) -> F64:
     if not a or not b:
         return np.zeros((len(a), len(b)))
-    x = np.asarray(a, np.float64)[:, None, :]
-    y = np.asarray(b, np.float64)[None, :, :]
-    w = np.clip(np.minimum(x[..., 2], y[..., 2]) - np.maximum(x[..., 0], y[..., 0]), 0, None)
-    h = np.clip(np.minimum(x[..., 3], y[..., 3]) - np.maximum(x[..., 1], y[..., 1]), 0, None)
-    inter = w * h
-    area_x = (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])
-    area_y = (y[..., 2] - y[..., 0]) * (y[..., 3] - y[..., 1])
-    return np.asarray(inter / np.maximum(area_x + area_y - inter, 1e-9))
+    return box_ious(np.asarray(a, np.float64), np.asarray(b, np.float64))
 
 
 def _match(gt: Sequence[GtBox], preds: Sequence[Pred]) -> list[tuple[int, int]]:

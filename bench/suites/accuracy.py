@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +61,7 @@ DEFAULT_LINES = {
 }
 ZONE = ((0.35, 0.3), (0.65, 0.3), (0.65, 0.7), (0.35, 0.7))
 EVENT_WINDOW = FILE_FPS  # +-1 s
+RUNS_ENV = "VAP_ACCURACY_RUNS"  # a path: the runs' raw results are written there as JSON
 
 _options: dict[str, Any] = {"lines": None}
 
@@ -140,11 +142,13 @@ async def _run(quick: bool) -> list[Row]:
     zones = [ZoneRule(id="Z1", polygon=list(ZONE))]
     video = str(sample_video(VIDEO))
     rows: list[Row] = []
+    runs: list[RunResult] = []
     with tempfile.TemporaryDirectory(prefix="vap-bench-accuracy-") as work:
         async with running_stack(Path(work), models) as bs:
             for config in configs:
                 print(f"  {config.name}: playing {VIDEO} once ({config.fps:g} analysed fps)", flush=True)
                 result = await run_config(bs, video, config, rules, zones)
+                runs.append(result)
                 rows.append(
                     score(config.name, result, result.tracked, result.crossings, gt, lines, peer=False)
                 )
@@ -156,7 +160,21 @@ async def _run(quick: bool) -> list[Row]:
                         (time.process_time() - t0) * 1000 / max(len(result.frames), 1), 2
                     )
                     rows.append(row)
+    if dump := os.environ.get(RUNS_ENV):
+        # What the API gave, per configuration: to look at frames or rescore without playing the clip again.
+        Path(dump).write_text(json.dumps([_run_json(r) for r in runs]))
+        print(f"  raw results of the runs in {dump}", flush=True)
     return rows
+
+
+def _run_json(result: RunResult) -> dict[str, Any]:
+    return {
+        "config": result.config.name,
+        "frames": sorted(result.frames),
+        "tracked": [[p.frame, p.track, *p.box, p.score] for p in result.tracked],
+        "raw": [[p.frame, *p.box, p.score] for p in result.raw],
+        "crossings": [[c.line, c.track, c.frame, c.direction] for c in result.crossings],
+    }
 
 
 def run(quick: bool) -> list[Row]:

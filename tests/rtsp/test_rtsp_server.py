@@ -23,6 +23,7 @@ import pytest
 
 from vap_rtspcam.controller import RtspCameraError, unavailable_reason
 from vap_rtspcam.fixtures import DEFAULT_FILE, RtspCameraFactory
+from vap_stack.sample import slices_per_picture
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -120,21 +121,6 @@ def make_sliced_clip(src: Path, dst: Path, frames: int, slices: int) -> None:
             frame.pts, frame.time_base = i, Fraction(1, 25)
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
-
-
-def slices_per_picture(path: Path) -> set[int]:
-    """How many slice NAL units (types 1 and 5) each stored picture has (mp4: 4-byte length prefixes)."""
-    counts: set[int] = set()
-    with av.open(str(path)) as container:
-        for packet in container.demux(video=0):
-            data, i, n = bytes(packet), 0, 0
-            while i + 4 < len(data):
-                size = int.from_bytes(data[i : i + 4], "big")
-                n += (data[i + 4] & 0x1F) in (1, 5)
-                i += 4 + size
-            if data:
-                counts.add(n)
-    return counts
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])

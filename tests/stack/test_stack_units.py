@@ -156,21 +156,6 @@ def test_dataset_quota_and_max_frames(tmp_path: Path) -> None:
     ]
 
 
-def _slices_per_picture(path: Path) -> set[int]:
-    import av
-
-    counts: set[int] = set()
-    with av.open(str(path)) as container:
-        for packet in container.demux(video=0):
-            data, i, n = bytes(packet), 0, 0
-            while i + 4 < len(data):
-                n += (data[i + 4] & 0x1F) in (1, 5)
-                i += 4 + int.from_bytes(data[i : i + 4], "big")
-            if data:
-                counts.add(n)
-    return counts
-
-
 @pytest.mark.parametrize("encoder", ["ffmpeg", "pyav"])
 def test_sample_video_transcode(tmp_path: Path, encoder: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The data set's encoding either way: H.264 main, 16:9 at 360 lines, no B-frames, a keyframe a second
@@ -181,7 +166,7 @@ def test_sample_video_transcode(tmp_path: Path, encoder: str, monkeypatch: pytes
 
     from vap_common.paths import sample_video
     from vap_stack import sample
-    from vap_stack.sample import SampleEncoding, ensure_sample_video, transcode
+    from vap_stack.sample import SampleEncoding, ensure_sample_video, slices_per_picture, transcode
 
     if encoder == "ffmpeg" and shutil.which("ffmpeg") is None:
         pytest.fail("ffmpeg is not installed (scripts/setup.sh installs it)")
@@ -210,7 +195,7 @@ def test_sample_video_transcode(tmp_path: Path, encoder: str, monkeypatch: pytes
         assert len(frames) == 30
         assert [i for i, f in enumerate(frames) if f.key_frame] == [0, 25]
         assert all(int(f.pict_type) != int(av.video.frame.PictureType.B) for f in frames)
-    assert _slices_per_picture(dest) == {1}
+    assert slices_per_picture(dest) == {1}
     assert ensure_sample_video(dest, lambda _m: None) == dest  # present: nothing fetched
     with pytest.raises(Exception, match="does not exist"):
         ensure_sample_video(tmp_path / "my-own.mp4", lambda _m: None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from scipy.optimize import linear_sum_assignment
 
 from bench.accuracy.crossings import Crossing, Line, anchor, track_crossings
 from bench.accuracy.gt.motfile import GtBox
+from bench.accuracy.metrics import iou_matrix
 
 WIDTH, HEIGHT = 768, 576
 DIRECTIONS = {"L2": {"-x": "a_to_b", "+x": "b_to_a"}, "L4": {"+y": "a_to_b", "-y": "b_to_a"}}
@@ -32,12 +34,8 @@ class CheckResult:
         return self.count_mismatches == 0 and self.crossing_mismatches == 0
 
 
-def _iou(a: list[float], b: tuple[float, float, float, float]) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    return float(iou_matrix([tuple(a)], [tuple(b)])[0, 0])
 
 
 def hand_lines(groundtruth_dir: Path) -> list[Line]:

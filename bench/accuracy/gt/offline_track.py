@@ -22,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
+from vap_inference.models.derived import iou_matrix as box_ious
+
 F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
 MIN_IOU = 0.2
@@ -41,14 +43,7 @@ STITCH_LOOK = 0.7
 def iou_matrix(a: F64, b: F64) -> F64:
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return np.asarray(inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9))
+    return box_ious(a, b)
 
 
 @dataclass

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from bench.accuracy.gt.review import Review, part_of
+from bench.accuracy.metrics import iou_matrix
 from vap_tracker.reid.embedder import make_embedder
 
 U8 = npt.NDArray[np.uint8]
@@ -25,11 +27,8 @@ MIN_SIMILARITY = 0.75
 MAX_OVERLAP = 3  # frames two parts of one person may share (interpolated ends)
 
 
-def _iou(a: Box, b: Box) -> float:
-    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    return float(iou_matrix([tuple(a)], [tuple(b)])[0, 0])
 
 
 def propose(

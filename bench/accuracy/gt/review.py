@@ -28,6 +28,7 @@ import numpy.typing as npt
 import yaml
 
 from bench.accuracy.gt.motfile import GtBox
+from vap_inference.models.derived import iou_matrix
 
 Box = tuple[float, float, float, float]
 MAX_KEYFRAME_GAP = 20  # hand keyframes this close are one drawn path, interpolated between
@@ -188,7 +189,7 @@ def refine(
         if new is None or not len(new):
             continue
         old = np.array([b for _, b in items], np.float64)
-        iou = _iou_matrix(old, new[:, :4])
+        iou = iou_matrix(old, new[:, :4])
         for r, c in zip(*linear_sum_assignment(-iou), strict=True):
             if iou[r, c] >= 0.5:
                 refined[items[r][0]][f] = (_box(new[c, :4]), True)
@@ -206,17 +207,6 @@ def refine(
                 mine[f] = (_box(np.array(box) + shift), observed)
         out[person] = mine
     return out
-
-
-def _iou_matrix(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return np.asarray(inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9))
 
 
 def _covered(box: Box, others: list[Box]) -> float:

@@ -29,6 +29,20 @@ def colour(label: str) -> tuple[int, int, int]:
     return int(b * 255), int(g * 255), int(r * 255)
 
 
+def crop_cell(image: U8, box: Sequence[float], height: int, width: int, caption: str, fill: int = 0) -> U8:
+    """The box's crop scaled into a height x width cell (aspect kept), ``caption`` under it."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    crop = image[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
+    cell = np.full((height + 14, width, 3), fill, np.uint8)
+    if crop.size:
+        scale = min(height / crop.shape[0], width / crop.shape[1])
+        size = (max(1, int(crop.shape[1] * scale)), max(1, int(crop.shape[0] * scale)))
+        resized = cv2.resize(crop, size)
+        cell[: resized.shape[0], : resized.shape[1]] = resized
+    cv2.putText(cell, caption, (2, height + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1)
+    return cell
+
+
 def draw_frame(image: U8, items: Sequence[Item], lines: Sequence[Line], title: str) -> U8:
     out = image.copy()
     for line in lines:
@@ -98,21 +112,8 @@ def identity_sheets(
                 (255, 255, 255),
                 1,
             )
-            for f, _, (x1, y1, x2, y2), solid in picks:
-                crop = frames[f][
-                    max(0, int(y1)) : max(int(y1) + 1, int(y2)), max(0, int(x1)) : max(int(x1) + 1, int(x2))
-                ]
-                cell = np.full((height + 14, width, 3), 0 if solid else 80, np.uint8)
-                if crop.size:
-                    scale = min(height / crop.shape[0], width / crop.shape[1])
-                    resized = cv2.resize(
-                        crop, (max(1, int(crop.shape[1] * scale)), max(1, int(crop.shape[0] * scale)))
-                    )
-                    cell[: resized.shape[0], : resized.shape[1]] = resized
-                cv2.putText(
-                    cell, str(f), (2, height + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1
-                )
-                cells.append(cell)
+            for f, _, box, solid in picks:
+                cells.append(crop_cell(frames[f], box, height, width, str(f), 0 if solid else 80))
             while len(cells) < per_row + 1:
                 cells.append(np.zeros((height + 14, width, 3), np.uint8))
             strips.append(np.hstack(cells))
@@ -133,16 +134,8 @@ def person_gallery(frames: Sequence[U8], hand: dict[str, dict[str, object]], out
     for person in sorted(rows):
         cells = [np.full((height + 14, 70, 3), 40, np.uint8)]
         cv2.putText(cells[0], person, (4, 60), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
-        for f, (x1, y1, x2, y2) in rows[person]:
-            crop = frames[f][max(0, int(y1)) : int(y2), max(0, int(x1)) : int(x2)]
-            cell = np.zeros((height + 14, width, 3), np.uint8)
-            scale = min(height / crop.shape[0], width / crop.shape[1])
-            resized = cv2.resize(
-                crop, (max(1, int(crop.shape[1] * scale)), max(1, int(crop.shape[0] * scale)))
-            )
-            cell[: resized.shape[0], : resized.shape[1]] = resized
-            cv2.putText(cell, str(f), (2, height + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1)
-            cells.append(cell)
+        for f, box in rows[person]:
+            cells.append(crop_cell(frames[f], box, height, width, str(f)))
         while len(cells) < 9:
             cells.append(np.zeros((height + 14, width, 3), np.uint8))
         strips.append(np.hstack(cells))
@@ -158,19 +151,7 @@ def part_strip(
     picks = sorted(boxes)[::step]
     cells = []
     for f in picks:
-        x1, y1, x2, y2 = boxes[f]
-        crop = frames[f][
-            max(0, int(y1)) : max(int(y1) + 1, int(y2)), max(0, int(x1)) : max(int(x1) + 1, int(x2))
-        ]
-        cell = np.zeros((height + 14, width, 3), np.uint8)
-        if crop.size:
-            scale = min(height / crop.shape[0], width / crop.shape[1])
-            resized = cv2.resize(
-                crop, (max(1, int(crop.shape[1] * scale)), max(1, int(crop.shape[0] * scale)))
-            )
-            cell[: resized.shape[0], : resized.shape[1]] = resized
-        cv2.putText(cell, str(f), (2, height + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1)
-        cells.append(cell)
+        cells.append(crop_cell(frames[f], boxes[f], height, width, str(f)))
     while len(cells) % per_row:
         cells.append(np.zeros((height + 14, width, 3), np.uint8))
     rows = [np.hstack(cells[i : i + per_row]) for i in range(0, len(cells), per_row)]

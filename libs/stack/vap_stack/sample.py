@@ -160,3 +160,19 @@ def _make(paths: list[Path], report: Callable[[str], None]) -> None:
             report(f"making {path} from {avi.name} ({encoding.width}x{encoding.height}, {encoding.fps} fps)")
             path.parent.mkdir(parents=True, exist_ok=True)
             transcode(avi, path, encoding)
+
+
+def slices_per_picture(path: Path) -> set[int]:
+    """How many slices (NAL units of types 1 and 5) the stored pictures of an mp4's H.264 track have."""
+    import av
+
+    counts: set[int] = set()
+    with av.open(str(path)) as container:
+        for packet in container.demux(video=0):
+            data, i, n = bytes(packet), 0, 0
+            while i + 4 < len(data):  # mp4 stores NAL units behind 4-byte lengths
+                n += (data[i + 4] & 0x1F) in (1, 5)
+                i += 4 + int.from_bytes(data[i : i + 4], "big")
+            if data:
+                counts.add(n)
+    return counts

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +52,7 @@ AGREEMENT_IOU = 0.5
 MIN_AGREEMENT = 0.9
 
 F32 = npt.NDArray[np.float32]
+Boxes = npt.NDArray[np.floating[Any]]
 
 
 @dataclass(frozen=True)
@@ -271,7 +273,8 @@ def person_agreement(
     return match_boxes(boxes[0], boxes[1])
 
 
-def iou_matrix(a: F32, b: F32) -> npt.NDArray[np.float64]:
+def iou_matrix(a: Boxes, b: Boxes) -> npt.NDArray[np.float64]:
+    """IoU of every box of ``a`` (N, 4: x1, y1, x2, y2) with every box of ``b``; 0 where a box is empty."""
     x1 = np.maximum(a[:, None, 0], b[None, :, 0])
     y1 = np.maximum(a[:, None, 1], b[None, :, 1])
     x2 = np.minimum(a[:, None, 2], b[None, :, 2])
