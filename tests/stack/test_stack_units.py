@@ -23,7 +23,7 @@ def test_example_site_config_is_valid() -> None:
     config = load_config(REPO / "examples" / "site.yaml")
     assert [c.id for c in config.cameras] == ["entrance", "corridor"]
     spec = config.cameras[0].scenario("rtsp://127.0.0.1:8554/entrance", site=config.site)
-    assert spec.source.target_fps == 5 and spec.pipeline.model == "ssdlite-mbv2-person-300"
+    assert spec.source.target_fps == 5 and spec.pipeline.model == "nanodet-m-416-int8"
     kinds = [r.WhichOneof("kind") for r in spec.analytics.rules]
     assert kinds == ["line", "zone"] and spec.analytics.rules[0].normalized_coordinates
     assert spec.pipeline.dataset.enabled and spec.pipeline.dataset.max_frames == 100
