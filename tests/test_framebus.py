@@ -109,10 +109,19 @@ async def test_nats_py_to_framebus(nats_client: NatsClient, subscriber: AsyncFra
     assert got.payloads == [b"from nats-py", b"with headers"]  # HMSG: headers skipped
 
 
+async def live_subscription(nats_client: NatsClient, subj: str) -> Any:
+    """A nats-py subscription proven live at the server: its own message came back through it (a flush alone
+    once left CI waiting 20 s for a message that never came, so the test now knows which side lost it)."""
+    sub = await nats_client.subscribe(subj)
+    await nats_client.publish(subj, b"ready")
+    await nats_client.flush()
+    assert (await sub.next_msg(timeout=DELIVERY_TIMEOUT)).data == b"ready"
+    return sub
+
+
 async def test_framebus_to_nats_py(nats_client: NatsClient, publisher: FramePublisher) -> None:
     subj = subject()
-    sub = await nats_client.subscribe(subj)
-    await nats_client.flush()
+    sub = await live_subscription(nats_client, subj)
     assert publisher.publish(subj, b"from framebus")
     assert publisher.flush(DELIVERY_TIMEOUT)
     msg: Msg = await sub.next_msg(timeout=DELIVERY_TIMEOUT)
@@ -124,8 +133,7 @@ async def test_subscriber_publish(
 ) -> None:
     """The subscriber's own publish() (acknowledgements) reaches nats-py and itself."""
     subj, got = subject(), Collect()
-    sub = await nats_client.subscribe(subj)
-    await nats_client.flush()
+    sub = await live_subscription(nats_client, subj)
     await subscriber.subscribe(subj, got)
     assert subscriber.publish(subj, b"ack")
     assert await subscriber.flush(DELIVERY_TIMEOUT)
