@@ -40,7 +40,7 @@ class Config:
     fps: float
     confidence: float | None = None
     reference: bool = False
-    tracker: dict[str, Any] = field(default_factory=dict)
+    reid: bool = False  # the scenario's appearance re-identification (re-attaches lost tracks)
 
 
 @dataclass
@@ -74,6 +74,7 @@ async def run_config(
         fps=config.fps,
         model=config.model,
         confidence=config.confidence,
+        reid=config.reid,
         lines=list(lines),
         zones=list(zones),
     )
