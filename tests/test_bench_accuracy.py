@@ -158,3 +158,29 @@ def test_review_splits_merges_drops_adds_and_fills_gaps() -> None:
     assert all(("P", f) in by for f in range(20))  # 10-13 filled by interpolation
     assert ("Q", 9) in by and ("Q", 10) not in by  # the dropped part after the split
     assert by[("R", 2)].x1 == pytest.approx(620.0)  # keyframes interpolated
+
+
+def test_replay_tracks_two_walkers_with_one_id_each() -> None:
+    from bench.accuracy.replay import replay
+    from vap_tracker.bytetrack import TrackerConfig
+
+    frames = list(range(0, 100, 5))  # a 5 fps run of a 25 fps clip
+    raw = []
+    for f in frames:
+        raw.append([f, 100.0 + f, 100.0, 140.0 + f, 200.0, 0.9])  # walks right, 1 px per file frame
+        raw.append([f, 600.0 - f, 300.0, 640.0 - f, 400.0, 0.8])  # walks left
+    preds = replay({"frames": frames, "raw": raw}, TrackerConfig())
+    gt = [motfile.GtBox(f, 1, 100.0 + f, 100.0, 140.0 + f, 200.0) for f in frames]
+    gt += [motfile.GtBox(f, 2, 600.0 - f, 300.0, 640.0 - f, 400.0) for f in frames]
+    scores = identity_scores(match_frames(gt, preds, frames))
+    assert scores["ids_per_person"] == 1.0 and scores["id_switches"] == 0
+    assert scores["idf1"] > 0.9  # a new track is shown from its second hit
+
+
+def test_replay_settings_are_typed_and_checked() -> None:
+    from bench.accuracy.replay import parse_settings
+
+    got = parse_settings(["match_iou_threshold=0.1", "min_hits=3", "fuse_score=false"])
+    assert got == {"match_iou_threshold": 0.1, "min_hits": 3, "fuse_score": False}
+    with pytest.raises(SystemExit, match="unknown TrackerConfig field"):
+        parse_settings(["no_such_field=1"])
