@@ -14,11 +14,19 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 
 def cache_dir() -> Path:
     """$VAP_CACHE_DIR, else $XDG_CACHE_HOME/vap, else ~/.cache/vap: what VAP fetches or builds once per
-    machine (models, sample videos), shared by every checkout of the user."""
+    machine (models, sample videos), shared by every checkout of the user. Where that cannot be written (no
+    home, a read-only home in a container), .vap/cache in the checkout."""
     if given := os.environ.get(CACHE_ENV):
         return Path(given)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "vap"
+    try:
+        user = (Path(xdg) if xdg else Path.home() / ".cache") / "vap"
+        user.mkdir(parents=True, exist_ok=True)
+        if os.access(user, os.W_OK | os.X_OK):
+            return user
+    except (OSError, RuntimeError):  # RuntimeError: Path.home() without HOME or a passwd entry
+        pass
+    return REPO_ROOT / ".vap" / "cache"
 
 
 def sample_data_dir() -> Path:
