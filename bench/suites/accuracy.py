@@ -82,11 +82,14 @@ def lines_to_score() -> dict[str, tuple[tuple[float, float], tuple[float, float]
     return out
 
 
+ZONE_PX = [(x * WIDTH, y * HEIGHT) for x, y in ZONE]
+
+
 def _inside(px: float, py: float) -> bool:
-    """Point in ZONE (pixels), by ray casting."""
-    poly = [(x * WIDTH, y * HEIGHT) for x, y in ZONE]
+    """Point in ZONE (pixels), by ray casting. Written here, not taken from vap_tracker's geometry: the
+    truth side of the score must not share code with the system it scores."""
     inside = False
-    for (x1, y1), (x2, y2) in zip(poly, poly[1:] + poly[:1], strict=True):
+    for (x1, y1), (x2, y2) in zip(ZONE_PX, ZONE_PX[1:] + ZONE_PX[:1], strict=True):
         if (y1 > py) != (y2 > py) and px < x1 + (py - y1) * (x2 - x1) / (y2 - y1):
             inside = not inside
     return inside

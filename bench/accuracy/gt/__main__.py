@@ -3,7 +3,6 @@
 prelabel   detections on every frame (NanoDet fp32, whole frame + tiles)       -> prelabels.csv
 draft      offline tracking with interpolation of the pre-labels                 -> draft.csv
 verdicts   verdicts/*.yaml (reviewers' per-part segments) -> review-verdicts.yaml
-propose    a first persons: mapping for review.yaml (to be checked), printed as YAML
 sheets     contact sheets to review (--of draft|gt, --stride N, --out DIR)
 build      draft.csv + review.yaml -> gt.txt and persons.json, then check
 check      gt.txt against the hand counts in shared/data/groundtruth
@@ -56,9 +55,7 @@ def load_gt() -> tuple[list[motfile.GtBox], dict[int, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.accuracy.gt", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "command", choices=["prelabel", "draft", "verdicts", "propose", "sheets", "build", "check"]
-    )
+    parser.add_argument("command", choices=["prelabel", "draft", "verdicts", "sheets", "build", "check"])
     parser.add_argument("--of", choices=["draft", "gt"], default="draft")
     parser.add_argument("--stride", type=int, default=25)
     parser.add_argument("--start", type=int, default=0)
@@ -101,18 +98,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"draft parts without a verdict: {sorted(missing)}")
         if unknown:
             print(f"parts nobody could name: {', '.join(unknown)}")
-    elif args.command == "propose":
-        from bench.accuracy.gt.propose import propose
-
-        persons, notes = propose(
-            read_draft(DATA / "draft.csv"),
-            _review(),
-            list(prelabel.frames(sample_video(VIDEO))),
-            groundtruth_dir(),
-        )
-        for note in notes:
-            print(f"# {note}")
-        print(yaml.safe_dump({"persons": persons}, sort_keys=False, default_flow_style=None, width=110))
     elif args.command == "sheets":
         frames = list(prelabel.frames(sample_video(VIDEO)))
         if args.of == "draft":

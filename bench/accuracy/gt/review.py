@@ -84,6 +84,10 @@ def _box(values: Any) -> Box:
     return (x1, y1, x2, y2)
 
 
+def _lerp(a: Any, b: Any, w: float) -> Box:
+    return _box((1 - w) * np.asarray(a, np.float64) + w * np.asarray(b, np.float64))
+
+
 def part_of(track: int, frame: int, split: dict[str, list[int]]) -> str:
     cuts = [c for c in split.get(str(track), []) if c <= frame]
     return f"{track}@{max(cuts)}" if cuts else str(track)
@@ -131,8 +135,7 @@ def apply(
             b = a if nxt - a > MAX_KEYFRAME_GAP else nxt  # further apart: separate single-frame fixes
             for f in range(a, b + 1) if b > a else [a]:
                 w = 0.0 if b == a else (f - a) / (b - a)
-                box = tuple((1 - w) * np.array(keys[a]) + w * np.array(keys[b]))
-                people[person][f] = (_box(box), True)
+                people[person][f] = (_lerp(keys[a], keys[b], w), True)
     # Fill gaps by interpolation.
     filled: dict[str, dict[int, tuple[Box, bool]]] = {}
     for person, boxes in people.items():
@@ -144,7 +147,7 @@ def apply(
             if 1 < b - a <= review.max_gap and not border:
                 for f in range(a + 1, b):
                     w = (f - a) / (b - a)
-                    out[f] = (_box((1 - w) * np.array(boxes[a][0]) + w * np.array(boxes[b][0])), False)
+                    out[f] = (_lerp(boxes[a][0], boxes[b][0], w), False)
         filled[person] = out
     order = sorted(filled, key=lambda p: (min(filled[p]), p))
     ids = {person: i + 1 for i, person in enumerate(order)}
@@ -174,8 +177,9 @@ def refine(
 ) -> dict[str, dict[int, tuple[Box, bool]]]:
     """Each person's boxes replaced by the matching box of a better pre-label pass (same frame, one to one,
     IoU >= 0.5): the identities stay as reviewed, the coordinates come from the better detector. Boxes with
-    no match (interpolated through occlusion, added by hand) are dropped when observed neighbours within
-    the person's track can be interpolated instead, and otherwise moved by the median shift of the matches."""
+    no match (interpolated through an occlusion, a box the better pass does not have) are dropped between
+    two refined boxes of the person (the gap is interpolated again) and otherwise moved by the median
+    shift of the matches. Hand-drawn boxes are applied after this, untouched."""
     from scipy.optimize import linear_sum_assignment
 
     by_frame: dict[int, list[tuple[str, Box]]] = defaultdict(list)

@@ -8,6 +8,7 @@ its life with the frame number under each crop (a swap shows as a different pers
 from __future__ import annotations
 
 import colorsys
+import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ Item = tuple[int, str, tuple[float, float, float, float], bool]
 
 
 def colour(label: str) -> tuple[int, int, int]:
-    h = (hash(label) % 997) / 997.0
+    h = (zlib.crc32(label.encode()) % 997) / 997.0  # the same colour every run (hash() is salted)
     r, g, b = colorsys.hsv_to_rgb(h, 0.9, 1.0)
     return int(b * 255), int(g * 255), int(r * 255)
 
