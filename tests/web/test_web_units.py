@@ -24,12 +24,12 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vap_control.web import auth, payloads
-from vap_control.web.__main__ import split_listen
-from vap_control.web.app import _local_path
-from vap_control.web.frames import FrameEncoder
-from vap_control.web.live import Viewer, frame_message
-from vap_control.web.settings import WebSettings
+from vap_web import auth, payloads
+from vap_web.__main__ import split_listen
+from vap_web.app import _local_path
+from vap_web.frames import FrameEncoder
+from vap_web.live import Viewer, frame_message
+from vap_web.settings import WebSettings
 from vap_inference.testing import write_frame
 from vap_proto.v1 import (
     analytics_pb2,
@@ -318,7 +318,7 @@ def test_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_gateway_needs_nats() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "VAP_CONFIG")}
     done = subprocess.run(
-        [sys.executable, "-m", "vap_control.web"],
+        [sys.executable, "-m", "vap_web"],
         env=env,
         capture_output=True,
         text=True,
@@ -345,8 +345,8 @@ async def test_watch_streams_raw_frames_and_says_when_the_ring_is_elsewhere(
     newest frames from the ring, marked raw, JPEG-encoded; refs of a ring that is not on this host end in a
     notice instead of frames. Real NATS, real ring, real control client (to a closed port)."""
     from vap_common import subjects
-    from vap_control.web.control import ControlClient
-    from vap_control.web.live import UNREADABLE_NOTICE, Watches
+    from vap_web.control import ControlClient
+    from vap_web.live import UNREADABLE_NOTICE, Watches
     from vap_framebus import AsyncFrameSubscriber
 
     settings = WebSettings(control_target="127.0.0.1:9", max_fps=10, raw_after_s=0.2, nats_url=nats_url)

@@ -155,7 +155,7 @@ class Ports(_Strict):
     inference: int = Field(default=50061, ge=0, le=65535)
     # Prometheus metrics of each service: base, base+1, ... (decoder, inference, tracker, control); 0 = free.
     metrics_base: int = Field(default=9101, ge=0, le=65530)
-    # The live web view (HTTP, vap_control.web); null = do not start it.
+    # The live web view (HTTP, vap_web); null = do not start it.
     web: int | None = Field(default=8080, ge=0, le=65535)
 
 

@@ -346,7 +346,7 @@ async def _start(
         node = str(config.decoder.get("node_id", ""))
         web = service(
             "web",
-            ["-m", "vap_control.web"],
+            ["-m", "vap_web"],
             "VAP_WEB_",
             5,
             VAP_WEB_LISTEN=web_address,

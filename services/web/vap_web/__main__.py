@@ -1,4 +1,4 @@
-"""``python -m vap_control.web [--config FILE]``: the live web view gateway process.
+"""``python -m vap_web [--config FILE]``: the live web view gateway process.
 
 Runs on a host whose decoders it shows (it maps their shared-memory rings); needs NATS_URL and the control
 API (``control_target``). gRPC health on the runtime's health port (for `vap up`'s supervisor), Prometheus
@@ -16,11 +16,11 @@ from vap_common import aio
 from vap_common.logs import get_logger
 from vap_common.runtime import ServiceRuntime
 from vap_common.settings import SettingsError
-from vap_control.web.app import build_app
-from vap_control.web.control import ControlClient
-from vap_control.web.frames import FrameEncoder
-from vap_control.web.live import Watches
-from vap_control.web.settings import WebSettings
+from vap_web.app import build_app
+from vap_web.control import ControlClient
+from vap_web.frames import FrameEncoder
+from vap_web.live import Watches
+from vap_web.settings import WebSettings
 from vap_framebus import AsyncFrameSubscriber
 
 _log = get_logger("vap.web")
@@ -61,18 +61,18 @@ async def run(settings: WebSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vap_control.web", description="VAP live web view")
+    parser = argparse.ArgumentParser(prog="python -m vap_web", description="VAP live web view")
     parser.add_argument("--config", help="YAML settings file (section 'web'); default $VAP_CONFIG")
     args = parser.parse_args(argv)
     try:
         settings = WebSettings.load(args.config)
         split_listen(settings.listen)
     except SettingsError as exc:
-        print(f"vap_control.web: {exc}", file=sys.stderr)
+        print(f"vap_web: {exc}", file=sys.stderr)
         return 2
     if settings.nats_url is None:
         print(
-            "vap_control.web: NATS_URL is required (the gateway reads FrameRefs from NATS)", file=sys.stderr
+            "vap_web: NATS_URL is required (the gateway reads FrameRefs from NATS)", file=sys.stderr
         )
         return 2
     aio.run(run(settings))

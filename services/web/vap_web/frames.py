@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from vap_control.web import metrics
+from vap_web import metrics
 from vap_proto.v1 import frame_pb2
 from vap_shmring import FrameView, ReaderPool, ShmRingError
 

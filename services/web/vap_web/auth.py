@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from vap_control.web.control import ControlClient
+from vap_web.control import ControlClient
 
 TOKEN_COOKIE = "vap_token"  # noqa: S105 - the cookie's name, not a secret
 # Paths served without a token: logging in and out, static files (no data in them) and liveness.

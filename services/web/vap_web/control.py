@@ -10,9 +10,9 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from vap_control.web import payloads
-from vap_control.web.payloads import Json
-from vap_control.web.settings import WebSettings
+from vap_web import payloads
+from vap_web.payloads import Json
+from vap_web.settings import WebSettings
 from vap_proto.v1 import common_pb2, control_pb2, control_pb2_grpc, scenario_pb2
 
 _LIST_PAGE = 200

@@ -28,14 +28,14 @@ import grpc
 from aiohttp import WSMsgType, web
 
 from vap_common.logs import get_logger
-from vap_control.web import auth, metrics
-from vap_control.web.control import ControlClient
-from vap_control.web.live import Viewer, ViewerClosed, Watches
-from vap_control.web.settings import WebSettings
+from vap_web import auth, metrics
+from vap_web.control import ControlClient
+from vap_web.live import Viewer, ViewerClosed, Watches
+from vap_web.settings import WebSettings
 
 _log = get_logger("vap.web")
 
-STATIC_DIR = Path(str(resources.files("vap_control.web") / "static"))
+STATIC_DIR = Path(str(resources.files("vap_web") / "static"))
 CLIENT = web.AppKey("client", ControlClient)
 WATCHES = web.AppKey("watches", Watches)
 SETTINGS = web.AppKey("settings", WebSettings)
