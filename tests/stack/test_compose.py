@@ -15,7 +15,14 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
-SERVICES = {"decoder-agent": "DECODER", "inference": "INFERENCE", "tracker": "TRACKER", "control": "CONTROL"}
+SERVICES = {
+    "decoder-agent": "DECODER",
+    "inference": "INFERENCE",
+    "tracker": "TRACKER",
+    "control": "CONTROL",
+    "web": "WEB",
+    "dataset": "DATASET",
+}
 
 
 def test_compose_config_is_valid() -> None:
@@ -47,7 +54,7 @@ def test_compose_wiring() -> None:
     shm = int(agent["shm_size"].removesuffix("gb")) * 1024**3
     workers = int(agent["environment"]["VAP_DECODER_MAX_WORKERS"])
     assert shm >= workers * 8 * 1920 * 1080 * 3 // 2
-    for reader in ("inference", "tracker"):
+    for reader in ("inference", "tracker", "web", "dataset"):
         assert services[reader]["ipc"] == "service:decoder-agent"
     scraped = {
         t
@@ -62,3 +69,17 @@ def test_compose_wiring() -> None:
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     for metric in ("vap_decoder_fps", "stage_seconds", "dropped", "reconnects", "vap_tracker_events_total"):
         assert metric in exprs
+
+
+def test_every_service_folder_runs_in_compose() -> None:
+    """Each process of the architecture is a folder under services/ and a container here (the tree and the
+    deployment say the same thing)."""
+    commands = {
+        arg
+        for svc in yaml.safe_load(COMPOSE.read_text())["services"].values()
+        for arg in svc.get("command", [])
+        if isinstance(arg, str) and arg.startswith("vap_")
+    }
+    packages = {p.name for p in (REPO / "services").glob("*/vap_*") if (p / "__main__.py").is_file()}
+    assert packages == {f"vap_{d.name}" for d in (REPO / "services").iterdir() if d.is_dir()}
+    assert packages <= commands, f"not run by docker-compose.yml: {sorted(packages - commands)}"

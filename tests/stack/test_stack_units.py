@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import yaml
 
+from vap_dataset.capture import Capture, frame_boxes
+from vap_dataset.writer import Box, DatasetWriter
 from vap_proto.v1 import detection_pb2, scenario_pb2
 from vap_stack.cli import EXIT_USAGE, main
 from vap_stack.config import ConfigError, load_config, parse_config
-from vap_stack.dataset import Box, Capture, DatasetWriter, frame_boxes
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -20,6 +20,7 @@ from vap_inference.models.registry import NANODET
 from vap_inference.testing import missing_model_reason, model_path
 from vap_proto.v1 import detection_pb2, frame_pb2, tracking_pb2
 from vap_shmring import ReaderPool, RingWriter
+from vap_shmring.images import ArrayFrame
 from vap_tracker.attributes import (
     UNKNOWN,
     AttributeConfig,
@@ -31,7 +32,6 @@ from vap_tracker.attributes import (
 )
 from vap_tracker.attributes.settings import AttributeDefaults
 from vap_tracker.bytetrack import ChannelTracker, TrackerConfig
-from vap_tracker.reid.frames import ArrayFrame
 from vap_tracker.service import TrackerService
 from vap_tracker.settings import TrackerServiceSettings
 from vap_tracker.testing import Walker, detections, render

@@ -16,10 +16,11 @@ import pytest
 from vap_common.paths import models_dir
 from vap_proto.v1 import frame_pb2, tracking_pb2
 from vap_shmring import ReaderPool, RingWriter
+from vap_shmring.images import ArrayFrame, RingFrame
 from vap_tracker.bytetrack import TrackerConfig
 from vap_tracker.pipeline import ChannelPipeline, ReidResources
 from vap_tracker.reid.embedder import MODEL_FILE, Embedder, HsvHistogramEmbedder, make_embedder
-from vap_tracker.reid.frames import ArrayFrame, RingFrame, budgeted_crops
+from vap_tracker.reid.frames import budgeted_crops
 from vap_tracker.reid.gallery import SiteGallery
 from vap_tracker.reid.manager import ReidConfig, ReidStats
 from vap_tracker.testing import Walker, detections, line_path, render, scenario_config

@@ -21,15 +21,15 @@ import pytest
 from vap_common import subjects
 from vap_common.ports import free_tcp_port
 from vap_control.testing import control_settings, drop_database, fresh_database, running_control
-from vap_web.control import ControlClient
-from vap_web.frames import FrameEncoder
-from vap_web.live import TOKEN_REFUSED, Viewer, ViewerClosed, Watches
-from vap_web.settings import WebSettings
 from vap_framebus import AsyncFrameSubscriber
 from vap_inference.testing import write_frame
 from vap_proto.v1 import frame_pb2, tracking_pb2
 from vap_proto.v1.frame_pb2 import PixelFormat
 from vap_shmring import RingWriter
+from vap_web.control import ControlClient
+from vap_web.frames import FrameEncoder
+from vap_web.live import TOKEN_REFUSED, Viewer, ViewerClosed, Watches
+from vap_web.settings import WebSettings
 
 pytestmark = pytest.mark.integration
 

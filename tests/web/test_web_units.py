@@ -24,12 +24,6 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vap_web import auth, payloads
-from vap_web.__main__ import split_listen
-from vap_web.app import _local_path
-from vap_web.frames import FrameEncoder
-from vap_web.live import Viewer, frame_message
-from vap_web.settings import WebSettings
 from vap_inference.testing import write_frame
 from vap_proto.v1 import (
     analytics_pb2,
@@ -45,6 +39,12 @@ from vap_proto.v1.frame_pb2 import PixelFormat
 from vap_shmring import RingWriter
 from vap_stack.config import ConfigError, parse_config
 from vap_stack.up import _service_yaml
+from vap_web import auth, payloads
+from vap_web.__main__ import split_listen
+from vap_web.app import _local_path
+from vap_web.frames import FrameEncoder
+from vap_web.live import Viewer, frame_message
+from vap_web.settings import WebSettings
 
 PF = PixelFormat
 
@@ -345,9 +345,9 @@ async def test_watch_streams_raw_frames_and_says_when_the_ring_is_elsewhere(
     newest frames from the ring, marked raw, JPEG-encoded; refs of a ring that is not on this host end in a
     notice instead of frames. Real NATS, real ring, real control client (to a closed port)."""
     from vap_common import subjects
+    from vap_framebus import AsyncFrameSubscriber
     from vap_web.control import ControlClient
     from vap_web.live import UNREADABLE_NOTICE, Watches
-    from vap_framebus import AsyncFrameSubscriber
 
     settings = WebSettings(control_target="127.0.0.1:9", max_fps=10, raw_after_s=0.2, nats_url=nats_url)
     client = ControlClient(settings)

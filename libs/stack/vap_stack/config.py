@@ -72,7 +72,7 @@ class ZoneRule(_Strict):
 
 
 class DatasetOptions(_Strict):
-    """Saving sampled frames with their detections (see vap_stack.dataset)."""
+    """Saving sampled frames with their detections (see vap_dataset)."""
 
     enabled: bool = True
     interval_s: float = Field(default=10.0, gt=0)

@@ -312,7 +312,7 @@ async def _start(
         await sup.start(
             service(
                 "dataset",
-                ["-m", "vap_stack.dataset"],
+                ["-m", "vap_dataset"],
                 "VAP_DATASET_",
                 4,
                 VAP_DATASET_DIR=str(config.dataset_dir().resolve()),

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from vap_proto.v1 import analytics_pb2, detection_pb2, scenario_pb2, tracking_pb2
+from vap_shmring.images import FrameImage
 from vap_tracker.analytics.engine import AnalyticsEngine, TrackView
 from vap_tracker.attributes.stage import AttributeConfig, AttributeStage, Classifiers
 from vap_tracker.bytetrack import ChannelTracker, FrameTracks, TrackerConfig
 from vap_tracker.convert import detection_arrays, tracks_to_proto
 from vap_tracker.reid.embedder import Embedder
-from vap_tracker.reid.frames import FrameImage
 from vap_tracker.reid.gallery import SiteGallery
 from vap_tracker.reid.manager import ReidConfig, ReidManager
 from vap_tracker.track import State

@@ -20,12 +20,12 @@ from vap_common import subjects
 from vap_common.logs import get_logger
 from vap_proto.v1 import analytics_pb2, detection_pb2, scenario_pb2, tracking_pb2
 from vap_shmring import ReaderPool
+from vap_shmring.images import FrameImage, RingFrame
 from vap_tracker import metrics
 from vap_tracker.attributes.stage import Classifiers
 from vap_tracker.bus import Bus
 from vap_tracker.pipeline import AttributeResources, ChannelPipeline, PipelineOutput, ReidResources
 from vap_tracker.reid.embedder import Embedder, make_embedder
-from vap_tracker.reid.frames import FrameImage, RingFrame
 from vap_tracker.reid.gallery import SiteGallery
 from vap_tracker.settings import TrackerServiceSettings
 from vap_tracker.sharding import ShardMember

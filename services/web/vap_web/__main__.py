@@ -16,12 +16,12 @@ from vap_common import aio
 from vap_common.logs import get_logger
 from vap_common.runtime import ServiceRuntime
 from vap_common.settings import SettingsError
+from vap_framebus import AsyncFrameSubscriber
 from vap_web.app import build_app
 from vap_web.control import ControlClient
 from vap_web.frames import FrameEncoder
 from vap_web.live import Watches
 from vap_web.settings import WebSettings
-from vap_framebus import AsyncFrameSubscriber
 
 _log = get_logger("vap.web")
 
@@ -71,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vap_web: {exc}", file=sys.stderr)
         return 2
     if settings.nats_url is None:
-        print(
-            "vap_web: NATS_URL is required (the gateway reads FrameRefs from NATS)", file=sys.stderr
-        )
+        print("vap_web: NATS_URL is required (the gateway reads FrameRefs from NATS)", file=sys.stderr)
         return 2
     aio.run(run(settings))
     return 0

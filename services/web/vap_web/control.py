@@ -10,10 +10,10 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
+from vap_proto.v1 import common_pb2, control_pb2, control_pb2_grpc, scenario_pb2
 from vap_web import payloads
 from vap_web.payloads import Json
 from vap_web.settings import WebSettings
-from vap_proto.v1 import common_pb2, control_pb2, control_pb2_grpc, scenario_pb2
 
 _LIST_PAGE = 200
 # The camera list's counts of the last hour change once per count interval: one query per camera every

@@ -16,37 +16,12 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from vap_web import metrics
 from vap_proto.v1 import frame_pb2
-from vap_shmring import FrameView, ReaderPool, ShmRingError
+from vap_shmring import ReaderPool, ShmRingError
+from vap_shmring.images import frame_to_bgr
+from vap_web import metrics
 
 U8 = npt.NDArray[np.uint8]
-PF = frame_pb2.PixelFormat
-
-
-def to_bgr(view: FrameView, ref: frame_pb2.FrameRef) -> U8:
-    """A BGR copy of the frame in ``view`` (any ring pixel format, padded rows included)."""
-    fmt, w, h = ref.pixel_format, ref.width, ref.height
-    planes = view.planes
-    if fmt == PF.PIXEL_FORMAT_BGR24:
-        return np.array(planes[0][:h, :w], dtype=np.uint8)
-    if fmt == PF.PIXEL_FORMAT_RGB24:
-        return np.asarray(cv2.cvtColor(planes[0][:h, :w], cv2.COLOR_RGB2BGR), dtype=np.uint8)
-    if fmt == PF.PIXEL_FORMAT_GRAY8:
-        return np.asarray(cv2.cvtColor(planes[0][:h, :w], cv2.COLOR_GRAY2BGR), dtype=np.uint8)
-    if fmt not in (PF.PIXEL_FORMAT_I420, PF.PIXEL_FORMAT_NV12):
-        raise ValueError(f"unsupported pixel format {fmt}")
-    i420 = fmt == PF.PIXEL_FORMAT_I420
-    buf = view.contiguous
-    if buf is None:  # padded rows: gather the planes into the tight (H*3/2) x W layout cv2 takes
-        luma = planes[0][:h, :w].reshape(-1)
-        if i420:
-            chroma = [p[: h // 2, : w // 2].reshape(-1) for p in planes[1:3]]
-        else:
-            chroma = [planes[1][: h // 2, :w].reshape(-1)]
-        buf = np.concatenate([luma, *chroma]).reshape(h * 3 // 2, w)
-    code = cv2.COLOR_YUV2BGR_I420 if i420 else cv2.COLOR_YUV2BGR_NV12
-    return np.asarray(cv2.cvtColor(buf, code), dtype=np.uint8)
 
 
 def encode_jpeg(bgr: U8, quality: int, max_width: int) -> bytes:
@@ -78,7 +53,7 @@ class FrameEncoder:
         started = time.perf_counter()
         try:
             view = self._pool.view(ref)
-            bgr = to_bgr(view, ref)
+            bgr = frame_to_bgr(view, ref)
             self._pool.check(ref)
         except ShmRingError:
             self.stale += 1

@@ -37,14 +37,14 @@ import grpc
 
 from vap_common import subjects
 from vap_common.logs import get_logger
+from vap_framebus import AsyncFrameSubscriber
+from vap_proto.v1 import control_pb2, frame_pb2
 from vap_web import metrics, payloads
 from vap_web.auth import TokenChecker
 from vap_web.control import ControlClient, metadata
 from vap_web.frames import FrameEncoder
 from vap_web.payloads import Json
 from vap_web.settings import WebSettings
-from vap_framebus import AsyncFrameSubscriber
-from vap_proto.v1 import control_pb2, frame_pb2
 
 _log = get_logger("vap.web.live")
 

@@ -24,11 +24,12 @@ import numpy.typing as npt
 
 from vap_common.logs import get_logger
 from vap_proto.v1 import common_pb2
+from vap_shmring.images import FrameImage
 from vap_tracker.attributes.classifier import OnnxClassifier
 from vap_tracker.attributes.faces import FaceAligner
 from vap_tracker.attributes.vote import Vote
 from vap_tracker.bytetrack import FrameTracks
-from vap_tracker.reid.frames import FrameImage, budgeted_crops
+from vap_tracker.reid.frames import budgeted_crops
 from vap_tracker.track import State
 
 F32 = npt.NDArray[np.float32]

@@ -9,20 +9,16 @@ from vap_tracker.reid.embedder import (
     OnnxEmbedder,
     make_embedder,
 )
-from vap_tracker.reid.frames import ArrayFrame, FrameImage, RingFrame
 from vap_tracker.reid.gallery import SiteGallery
 from vap_tracker.reid.manager import ReidConfig, ReidManager
 
 __all__ = [
-    "ArrayFrame",
     "Embedder",
-    "FrameImage",
     "FusedEmbedder",
     "HsvHistogramEmbedder",
     "OnnxEmbedder",
     "ReidConfig",
     "ReidManager",
-    "RingFrame",
     "SiteGallery",
     "make_embedder",
 ]

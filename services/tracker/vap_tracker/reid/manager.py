@@ -25,9 +25,10 @@ import numpy as np
 import numpy.typing as npt
 
 from vap_common.logs import get_logger
+from vap_shmring.images import FrameImage
 from vap_tracker.bytetrack import ChannelTracker, FrameTracks
 from vap_tracker.reid.embedder import Embedder
-from vap_tracker.reid.frames import FrameImage, budgeted_crops
+from vap_tracker.reid.frames import budgeted_crops
 from vap_tracker.reid.gallery import SiteGallery
 from vap_tracker.track import State
 
