@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TYPED_TREES = ["libs", "services", "bench", "protos/generate.py"]
+TYPED_TREES = ["libs", "services", "app", "bench", "protos/generate.py"]
 
 
 def _tool(name: str) -> str:
