@@ -26,6 +26,7 @@ from nats.aio.client import Client as NatsClient
 from scaleout_nodes import MODEL, Node, rotated
 
 from vap_common import subjects
+from vap_common.bus import NatsBus
 from vap_common.embedded_nats import EmbeddedNatsCluster
 from vap_control.testing import (
     RunningControl,
@@ -39,7 +40,6 @@ from vap_proto.v1 import control_pb2, detection_pb2, scenario_pb2, source_pb2
 from vap_proto.v1.health_pb2 import CHANNEL_STATE_STREAMING as STREAMING
 from vap_rtspcam import unavailable_reason
 from vap_rtspcam.fixtures import RtspCameraFactory
-from vap_tracker.bus import NatsBus
 from vap_tracker.service import TrackerService
 from vap_tracker.settings import TrackerServiceSettings
 from vap_tracker.sharding import owner

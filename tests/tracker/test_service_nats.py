@@ -17,8 +17,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from vap_common import subjects
+from vap_common.bus import NatsBus
 from vap_proto.v1 import analytics_pb2, scenario_pb2, tracking_pb2
-from vap_tracker.bus import NatsBus
 from vap_tracker.service import TrackerService
 from vap_tracker.settings import TrackerServiceSettings
 from vap_tracker.testing import Walker, detections, line_path, line_rule, scenario_config

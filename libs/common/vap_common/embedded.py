@@ -8,6 +8,8 @@ when the ``EmbeddedServers`` is closed or, should we crash, when our process die
         endpoints = servers.start(Path("/var/lib/vap"))
         ... endpoints.nats_url, endpoints.database_url ...
 
+Every service process gets its endpoints the same way, through ``service_endpoints(settings)``.
+
 For developers, ``python -m vap_common.embedded --data-dir DIR`` starts both, prints ``NATS_URL=...`` and
 ``DATABASE_URL=...`` and runs until Ctrl-C / SIGTERM.
 """
@@ -15,6 +17,7 @@ For developers, ``python -m vap_common.embedded --data-dir DIR`` starts both, pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -22,18 +25,21 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from vap_common.embedded_nats import EmbeddedNats
 from vap_common.embedded_pg import EmbeddedPostgres
 from vap_common.embedded_proc import EmbeddedServerError
 from vap_common.redact import redact_url
 
-__all__ = ["EmbeddedServerError", "EmbeddedServers", "Endpoints", "redact_dsn"]
+if TYPE_CHECKING:
+    from vap_common.settings import ServiceSettings
+
+__all__ = ["EmbeddedServerError", "EmbeddedServers", "Endpoints", "redact_dsn", "service_endpoints"]
 
 _log = logging.getLogger("vap_common.embedded")
 
@@ -139,6 +145,26 @@ class EmbeddedServers:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def service_endpoints(settings: ServiceSettings, *, need_postgres: bool = False) -> Iterator[Endpoints]:
+    """The NATS URL (and, with ``need_postgres``, the DSN) a service process runs with: the configured ones
+    (``NATS_URL`` / ``DATABASE_URL`` or the settings file), else embedded servers started in
+    ``<data_dir>/embedded`` for as long as the block runs (DESIGN.md "Embedded default")."""
+    nats_url = settings.nats_url or None
+    database_url = (settings.database_url or None) if need_postgres else None
+    start_nats, start_postgres = nats_url is None, need_postgres and database_url is None
+    if not (start_nats or start_postgres):
+        yield Endpoints(nats_url=nats_url, database_url=database_url)
+        return
+    with EmbeddedServers() as servers:
+        started = servers.start(
+            settings.data_dir / "embedded", need_nats=start_nats, need_postgres=start_postgres
+        )
+        yield Endpoints(
+            nats_url=nats_url or started.nats_url, database_url=database_url or started.database_url
+        )
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -8,14 +8,20 @@ through the same handler: handlers keep the newest revision, so replayed and liv
 
 The stream is found by subject, not by name, so a renamed stream still works. No stream (no control
 running, JetStream disabled) is not an error: the service carries on with live updates only.
+
+Every service that follows configs does it through ``follow_scenario_configs`` (live subscription first, then
+the replay) and ``ConfigRevisions`` (the newest revision of each scenario wins).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import nats
+from google.protobuf.message import DecodeError
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import Error as JetStreamError
@@ -23,6 +29,7 @@ from nats.js.errors import Error as JetStreamError
 from vap_common import subjects
 from vap_common.logs import get_logger
 from vap_common.nats_urls import nats_servers
+from vap_proto.v1 import scenario_pb2
 
 _log = get_logger("vap.scenario_configs")
 
@@ -84,3 +91,51 @@ async def fetch_latest_scenario_configs_from(url: str, *, timeout: float = 5.0) 
         return await fetch_latest_scenario_configs(nc, timeout=timeout)
     finally:
         await nc.close()
+
+
+class ConfigRevisions:
+    """Newest revision wins: ``newer`` parses a ScenarioConfig and returns it only when its revision is newer
+    than any seen for that scenario, so a replayed stored config, a late live one or a repeat changes
+    nothing. An inactive config (a stopped scenario) keeps its revision too: an older active one arriving
+    after it cannot start the scenario again."""
+
+    def __init__(self, on_undecodable: Callable[[], None] | None = None) -> None:
+        self._revisions: dict[str, int] = {}
+        self._on_undecodable = on_undecodable
+        self.undecodable = 0
+
+    def newer(self, payload: bytes) -> scenario_pb2.ScenarioConfig | None:
+        try:
+            config = scenario_pb2.ScenarioConfig.FromString(payload)
+        except DecodeError:
+            # A foreign or forged publisher: counted and logged, never a traceback per message.
+            self.undecodable += 1
+            _log.warning("undecodable scenario config", size=len(payload))
+            if self._on_undecodable is not None:
+                self._on_undecodable()
+            return None
+        if config.revision <= self._revisions.get(config.scenario_id, -1):
+            return None
+        self._revisions[config.scenario_id] = config.revision
+        return config
+
+
+H = TypeVar("H", bound=Callable[[str, bytes], Any])
+
+
+async def follow_scenario_configs(
+    subscribe: Callable[[str, H], Awaitable[object]],
+    stored: Callable[[], Awaitable[list[tuple[str, bytes]]]],
+    handler: H,
+) -> int:
+    """Subscribe ``handler`` (sync, or returning an awaitable) to every scenario's live config, then replay
+    the stored configs through it; returns how many were stored. ``subscribe(subject, handler)`` must return
+    once the server has the subscription (a flush), so nothing published meanwhile falls between the two;
+    handlers keep the newest revision (``ConfigRevisions``), so replayed and live configs may interleave."""
+    await subscribe(subjects.all_scenario_configs(), handler)
+    configs = await stored()
+    for subject, payload in configs:
+        result = handler(subject, payload)
+        if inspect.isawaitable(result):
+            await result
+    return len(configs)

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from vap_common import aio
-from vap_common.embedded import EmbeddedServers
+from vap_common.embedded import service_endpoints
 from vap_common.logs import get_logger
 from vap_common.runtime import ServiceRuntime
 from vap_common.settings import SettingsError
@@ -26,35 +26,26 @@ async def run(settings: ControlSettings) -> None:
     async with ServiceRuntime(
         "control", settings, interceptors=interceptors, options=options, ports=ports
     ) as runtime:
-        servers: EmbeddedServers | None = None
-        nats_url, database_url = settings.nats_url, settings.database_url
-        if nats_url is None or database_url is None:
-            # Embedded default (DESIGN.md): start what the environment does not name.
-            servers = EmbeddedServers()
-            endpoints = servers.start(
-                settings.data_dir / "embedded", need_nats=nats_url is None, need_postgres=database_url is None
+        with service_endpoints(settings, need_postgres=True) as endpoints:
+            assert endpoints.nats_url is not None and endpoints.database_url is not None
+            service = ControlService(
+                settings, nats_url=endpoints.nats_url, database_url=endpoints.database_url
             )
-            nats_url = nats_url or endpoints.nats_url
-            database_url = database_url or endpoints.database_url
-        assert nats_url is not None and database_url is not None
-        service = ControlService(settings, nats_url=nats_url, database_url=database_url)
-        try:
-            await service.start(runtime.add_grpc_service())
-            _log.info(
-                "control API listening",
-                address=settings.listen,
-                port=runtime.bound_ports[0],
-                tls=settings.tls_cert_file is not None,
-            )
-            await runtime.set_serving(True)
-            await runtime.set_serving(True, CONTROL_SERVICE)
-            await runtime.stopped()
-            await runtime.set_serving(False)
-            await runtime.set_serving(False, CONTROL_SERVICE)
-        finally:
-            await service.stop()
-            if servers is not None:
-                servers.close()
+            try:
+                await service.start(runtime.add_grpc_service())
+                _log.info(
+                    "control API listening",
+                    address=settings.listen,
+                    port=runtime.bound_ports[0],
+                    tls=settings.tls_cert_file is not None,
+                )
+                await runtime.set_serving(True)
+                await runtime.set_serving(True, CONTROL_SERVICE)
+                await runtime.stopped()
+                await runtime.set_serving(False)
+                await runtime.set_serving(False, CONTROL_SERVICE)
+            finally:
+                await service.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

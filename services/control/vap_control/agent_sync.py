@@ -39,6 +39,7 @@ from nats.aio.subscription import Subscription
 from vap_common import subjects
 from vap_common.logs import get_logger
 from vap_common.redact import redact_text
+from vap_common.tasks import cancel_and_wait
 from vap_control import lifecycle, metrics, placement
 from vap_control.bus import Bus
 from vap_control.db.pool import Pool
@@ -47,7 +48,6 @@ from vap_control.repo import outbox as outbox_repo
 from vap_control.repo import scenarios as repo
 from vap_control.repo.scenarios import Conn, ScenarioRow
 from vap_control.settings import ControlSettings
-from vap_control.tasks import cancel_and_wait
 from vap_proto.v1 import agent_pb2, health_pb2
 
 _log = get_logger("vap.control.agents")

@@ -13,13 +13,12 @@ import contextlib
 import time
 from collections.abc import Callable
 
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
+from vap_common.bus import connect_nats
 from vap_common.logs import get_logger
-from vap_common.nats_urls import nats_servers
-from vap_control.tasks import cancel_and_wait
+from vap_common.tasks import cancel_and_wait
 
 _log = get_logger("vap.control.bus")
 
@@ -82,16 +81,11 @@ class Bus:
         delay = 0.2
         while not self._closing:
             try:
-                self._nc = await nats.connect(
-                    nats_servers(self.url),
+                self._nc = await connect_nats(
+                    self.url,
                     name=self.name,
-                    connect_timeout=5,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
-                    error_cb=self._on_error,
                 )
             except Exception as exc:
                 _log.warning("cannot connect to NATS yet; retrying", error=str(exc), retry_in_s=delay)
@@ -106,17 +100,10 @@ class Bus:
 
     async def _on_disconnected(self) -> None:
         self._connected_since = None
-        if not self._closing:
-            _log.warning("disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
         self._connected_since = time.monotonic()
-        _log.info("reconnected to NATS")
         self._notify_connected()
-
-    async def _on_error(self, exc: Exception) -> None:
-        # Connection refused while NATS is down is expected and retried; log at debug to avoid a flood.
-        _log.debug("NATS client error", error=str(exc))
 
     async def close(self) -> None:
         self._closing = True

@@ -33,12 +33,12 @@ from nats.js import JetStreamContext
 
 from vap_common import subjects
 from vap_common.logs import get_logger
+from vap_common.tasks import cancel_and_wait
 from vap_control import metrics, streams
 from vap_control.bus import Bus
 from vap_control.db.pool import Pool
 from vap_control.repo.scenarios import Conn
 from vap_control.settings import ControlSettings
-from vap_control.tasks import cancel_and_wait
 from vap_proto.v1 import analytics_pb2, common_pb2, detection_pb2, frame_pb2, tracking_pb2
 
 _log = get_logger("vap.control.inbox")

@@ -28,13 +28,13 @@ from psycopg import AsyncConnection
 
 from vap_common import subjects
 from vap_common.logs import get_logger
+from vap_common.tasks import cancel_and_wait
 from vap_control import agent_sync, lifecycle, metrics, placement, streams
 from vap_control.bus import Bus
 from vap_control.db.pool import Pool
 from vap_control.repo import outbox as outbox_repo
 from vap_control.repo import scenarios as repo
 from vap_control.settings import ControlSettings
-from vap_control.tasks import cancel_and_wait
 from vap_proto.v1 import agent_pb2
 
 _log = get_logger("vap.control.outbox")

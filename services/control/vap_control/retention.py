@@ -11,12 +11,12 @@ import asyncio
 import time
 
 from vap_common.logs import get_logger
+from vap_common.tasks import cancel_and_wait
 from vap_control import lifecycle, metrics
 from vap_control.db.pool import Pool
 from vap_control.repo import outbox as outbox_repo
 from vap_control.repo import scenarios as repo
 from vap_control.settings import ControlSettings
-from vap_control.tasks import cancel_and_wait
 
 _log = get_logger("vap.control.retention")
 

@@ -28,6 +28,7 @@ import vap_decoder
 from vap_common import subjects
 from vap_common.logs import get_logger
 from vap_common.redact import redact_text
+from vap_common.tasks import cancel_and_wait
 from vap_decoder.errors import InvalidSourceError, SourceError
 from vap_decoder.health import FAILED
 from vap_decoder.metrics import DecoderMetricsCollector
@@ -114,10 +115,7 @@ class DecoderAgent:
         for sub in self._subs:
             with suppress(Exception):
                 await sub.unsubscribe()
-        if self._status_task is not None:
-            self._status_task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._status_task
+        await cancel_and_wait(self._status_task)
         for task in list(self._tasks):
             task.cancel()
         with suppress(Exception):

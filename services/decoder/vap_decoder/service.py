@@ -11,11 +11,9 @@ import argparse
 import asyncio
 from pathlib import Path
 
-import nats
-
-from vap_common.embedded import EmbeddedServers
+from vap_common.bus import connect_nats
+from vap_common.embedded import service_endpoints
 from vap_common.logs import get_logger
-from vap_common.nats_urls import nats_servers
 from vap_common.redact import redact_url
 from vap_common.runtime import ServiceRuntime
 from vap_decoder.agent import DecoderAgent
@@ -27,23 +25,16 @@ _log = get_logger("vap.decoder.service")
 
 async def run_agent(settings: DecoderSettings) -> None:
     async with ServiceRuntime("decoder-agent", settings) as runtime:
-        with EmbeddedServers() as servers:
-            nats_url = settings.nats_url
-            if not nats_url:
-                endpoints = servers.start(settings.data_dir / "embedded", need_postgres=False, durable=False)
-                nats_url = endpoints.nats_url
-                assert nats_url is not None
-                settings = settings.model_copy(update={"nats_url": nats_url})
+        with service_endpoints(settings) as endpoints:
+            nats_url = endpoints.nats_url
+            assert nats_url is not None
+            # The agent's decoder processes get the URL from the settings.
+            settings = settings.model_copy(update={"nats_url": nats_url})
             # Rings of decoders that died with a previous agent (their writers are gone).
             removed = cleanup_stale_rings()
             if removed:
                 _log.info("removed stale rings", rings=removed)
-            nc = await nats.connect(
-                nats_servers(nats_url),
-                name=f"decoder-agent-{settings.agent_id}",
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-            )
+            nc = await connect_nats(nats_url, name=f"decoder-agent-{settings.agent_id}")
             agent = DecoderAgent(settings, nc)
             try:
                 await agent.start()

@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from vap_common.backoff import Backoff
 from vap_common.logs import get_logger
 from vap_common.redact import redact_url
+from vap_common.tasks import cancel_and_wait
 from vap_decoder.health import FAILED, RECONNECTING, STOPPED, TERMINAL_STATES
 from vap_decoder.process import EXIT_FAILED, EXIT_OK, channel_argv
 from vap_decoder.settings import DecoderSettings
@@ -186,10 +187,7 @@ class ChannelSupervisor:
                     proc.kill()
                 await proc.wait()
             self.exit_code = proc.returncode
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         self.proc = None
         self.active = False
         self._remove_ring()

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from vap_common import aio
-from vap_common.embedded import EmbeddedServers
+from vap_common.embedded import service_endpoints
 from vap_common.runtime import ServiceRuntime
 from vap_inference.grpc_api import InferenceApi, add_to_server
 from vap_inference.manager import ModelManager
@@ -28,24 +28,19 @@ async def run(settings: InferenceSettings) -> None:
         api = InferenceApi(settings, manager)
         add_to_server(runtime.add_grpc_service(), api)
         service = InferenceService(settings, manager)
-        servers = None
-        nats_url = settings.nats_url
-        if nats_url is None:
-            # Embedded default (DESIGN.md): no NATS_URL -> start our own nats-server in the data dir.
-            servers = EmbeddedServers()
-            nats_url = servers.start(settings.data_dir / "embedded", need_postgres=False).nats_url
-            assert nats_url is not None
         try:
-            await service.start(nats_url)
-            await runtime.set_serving(True)
-            await runtime.stopped()
-            await runtime.set_serving(False)
+            with service_endpoints(settings) as endpoints:
+                assert endpoints.nats_url is not None
+                try:
+                    await service.start(endpoints.nats_url)
+                    await runtime.set_serving(True)
+                    await runtime.stopped()
+                    await runtime.set_serving(False)
+                finally:
+                    await service.stop()
         finally:
-            await service.stop()
             api.close()
             manager.close()
-            if servers is not None:
-                servers.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ dropped too, since downstream consumers read the slot's pixels through FrameDete
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,12 @@ from google.protobuf.message import DecodeError
 
 from vap_common import subjects
 from vap_common.logs import get_logger
-from vap_common.scenario_configs import fetch_latest_scenario_configs_from
+from vap_common.scenario_configs import (
+    ConfigRevisions,
+    fetch_latest_scenario_configs_from,
+    follow_scenario_configs,
+)
+from vap_common.tasks import cancel_all
 from vap_framebus import AsyncFrameSubscriber
 from vap_inference import metrics
 from vap_inference.backends.base import BackendError
@@ -70,6 +74,7 @@ class InferenceService:
         self.counters: Counter[str] = Counter()
         self._bus = AsyncFrameSubscriber()
         self._scenarios: dict[str, _ScenarioState] = {}
+        self._revisions = ConfigRevisions()
         self._batchers: dict[str, AsyncBatcher[frame_pb2.FrameRef]] = {}
         # Per model, one worker task per lane (settings.parallel_batches), all taking from its batcher.
         self._workers: dict[str, list[asyncio.Task[None]]] = {}
@@ -90,34 +95,22 @@ class InferenceService:
         for name in self.settings.preload:
             await loop.run_in_executor(self._executor, self.manager.get, name)
         await self._bus.connect(nats_url, name="vap-inference")
-        await self._bus.subscribe(subjects.all_scenario_configs(), self._on_config)
-        # Configs stored before we subscribed (a scenario created while we were down), read after subscribing
-        # so nothing falls in between; _on_config keeps the newest revision whatever the order.
-        await self._bus.flush()
-        stored = await fetch_latest_scenario_configs_from(nats_url)
-        for subject, payload in stored:
-            try:
-                self._on_config(subject, payload)
-            except DecodeError:
-                _log.warning("undecodable stored scenario config", subject=subject)
+        stored = await follow_scenario_configs(
+            self._bus.subscribe, lambda: fetch_latest_scenario_configs_from(nats_url), self._on_config
+        )
         frames = subjects.all_frames(self.settings.node_id)
         await self._bus.subscribe(frames, self._on_frame, queue=self.settings.queue_group)
         _log.info(
             "inference service subscribed",
             frames=frames,
             model=self.manager.default_name,
-            stored_configs=len(stored),
+            stored_configs=stored,
         )
 
     async def stop(self) -> None:
         self._closing = True
         await self._bus.close()
-        tasks = [task for lanes in self._workers.values() for task in lanes]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(task for lanes in self._workers.values() for task in lanes)
         self._workers.clear()
         self._executor.shutdown(wait=True)
 
@@ -146,10 +139,9 @@ class InferenceService:
         m.queue_depth.set(len(batcher))
 
     def _on_config(self, subject: str, payload: bytes) -> None:
-        config = scenario_pb2.ScenarioConfig.FromString(payload)
-        current = self._scenarios.get(config.scenario_id)
-        if current is not None and config.revision <= current.revision:
-            return  # an older or repeated revision
+        config = self._revisions.newer(payload)
+        if config is None:
+            return  # undecodable, or an older or repeated revision
         if not config.active:
             self._scenarios.pop(config.scenario_id, None)
             return

@@ -1,6 +1,7 @@
 """``python -m vap_tracker [--config FILE]``: the tracker service process.
 
-Connects to NATS (NATS_URL; the stack launcher passes its embedded server's URL), tracks every channel
+Connects to NATS (NATS_URL; the stack launcher passes its embedded server's URL; unset: an embedded server in
+``<data_dir>/embedded``, like every VAP service), tracks every channel
 (or the ``channels`` of its settings), serves grpc.health.v1 and Prometheus metrics, and stops cleanly on
 SIGTERM/SIGINT, publishing the open count intervals first.
 """
@@ -12,36 +13,36 @@ import sys
 from pathlib import Path
 
 from vap_common import aio
+from vap_common.bus import NatsBus
+from vap_common.embedded import service_endpoints
 from vap_common.runtime import ServiceRuntime
 from vap_common.settings import SettingsError
 from vap_inference.models.packaged import PackagedModelError
 from vap_tracker.attributes.classifier import ClassifierLoadError
-from vap_tracker.bus import NatsBus
 from vap_tracker.service import TrackerService
 from vap_tracker.settings import TrackerServiceSettings
 
 
 async def run(settings: TrackerServiceSettings) -> int:
     async with ServiceRuntime("tracker", settings) as runtime:
-        if not settings.nats_url:
-            print("NATS_URL is not set: the tracker needs the NATS server the pipeline uses", file=sys.stderr)
-            return 2
         service = TrackerService(settings)
         try:
             service.load_attribute_classifiers()
         except (ClassifierLoadError, PackagedModelError, ValueError) as exc:
             print(f"tracker.attributes: {exc}", file=sys.stderr)
             return 2
-        bus = await NatsBus.connect(settings.nats_url)
-        service.bus = bus
-        try:
-            await service.start()
-            await runtime.set_serving(True)
-            await runtime.stopped()
-            await runtime.set_serving(False)
-        finally:
-            await service.stop()
-            await bus.close()
+        with service_endpoints(settings) as endpoints:
+            assert endpoints.nats_url is not None
+            bus = await NatsBus.connect(endpoints.nats_url, name="vap-tracker")
+            service.bus = bus
+            try:
+                await service.start()
+                await runtime.set_serving(True)
+                await runtime.stopped()
+                await runtime.set_serving(False)
+            finally:
+                await service.stop()
+                await bus.close()
     return 0
 
 

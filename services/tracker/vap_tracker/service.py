@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from vap_common import subjects
+from vap_common.bus import Bus, Handler
 from vap_common.logs import get_logger
+from vap_common.scenario_configs import ConfigRevisions, follow_scenario_configs
 from vap_proto.v1 import analytics_pb2, detection_pb2, scenario_pb2, tracking_pb2
 from vap_shmring import ReaderPool
 from vap_shmring.images import FrameImage, RingFrame
 from vap_tracker import metrics
 from vap_tracker.attributes.stage import Classifiers
-from vap_tracker.bus import Bus
 from vap_tracker.pipeline import AttributeResources, ChannelPipeline, PipelineOutput, ReidResources
 from vap_tracker.reid.embedder import Embedder, make_embedder
 from vap_tracker.reid.gallery import SiteGallery
@@ -54,7 +55,7 @@ class TrackerService:
         self.settings = settings
         self.bus = bus
         self.pipelines: dict[str, ChannelPipeline] = {}  # by channel id
-        self._revisions: dict[str, int] = {}  # latest ScenarioConfig revision seen, by scenario id
+        self._revisions = ConfigRevisions(on_undecodable=metrics.BAD_MESSAGES.labels("config").inc)
         # Sharded: the latest config of every channel (also those another tracker tracks now), applied when
         # this tracker takes a channel over.
         self._configs: dict[str, scenario_pb2.ScenarioConfig] = {}
@@ -75,19 +76,20 @@ class TrackerService:
             self.shard = ShardMember(self.bus, s.tracker_id, heartbeat_s=s.heartbeat_s, timeout_s=s.timeout_s)
             self.shard.channels = lambda: len(self.pipelines)
             await self.shard.start()
-        await self.bus.subscribe(subjects.all_scenario_configs(), self._on_config)
         if self._channels:
             for channel in sorted(self._channels):
                 await self.bus.subscribe(subjects.detections(channel), self._on_detections)
         else:
             await self.bus.subscribe(subjects.all_detections(), self._on_detections)
+        stored = await follow_scenario_configs(
+            self._subscribe_flushed, self.bus.stored_scenario_configs, self._on_config
+        )
+        _log.info("tracker subscribed", channels=sorted(self._channels) or "all", stored_configs=stored)
+
+    async def _subscribe_flushed(self, subject: str, handler: Handler) -> None:
+        assert self.bus is not None
+        await self.bus.subscribe(subject, handler)
         await self.bus.flush()
-        # Configs stored before we subscribed (a scenario created while we were down), after subscribing so
-        # nothing falls in between; handle_config keeps the newest revision whatever the order.
-        stored = await self.bus.stored_scenario_configs()
-        for subject, payload in stored:
-            await self._on_config(subject, payload)
-        _log.info("tracker subscribed", channels=sorted(self._channels) or "all", stored_configs=len(stored))
 
     async def stop(self) -> None:
         if self.shard is not None:
@@ -121,18 +123,12 @@ class TrackerService:
 
     # -- message handling (synchronous core) -------------------------------------------------------------
     def handle_config(self, payload: bytes) -> Outgoing:
-        config = scenario_pb2.ScenarioConfig()
-        try:
-            config.ParseFromString(payload)
-        except DecodeError:
-            metrics.BAD_MESSAGES.labels("config").inc()
-            return []
+        config = self._revisions.newer(payload)
+        if config is None:
+            return []  # undecodable, or an older (or repeated) revision: the one we hold is newer
         channel = config.channel_id
         if not channel or (self._channels and channel not in self._channels):
             return []
-        if config.revision <= self._revisions.get(config.scenario_id, -1):
-            return []  # an older (or repeated) revision: the one we hold is newer
-        self._revisions[config.scenario_id] = config.revision
         if self.shard is not None:
             self._configs[channel] = config
             if not self.shard.owns(channel):

@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterable
 from google.protobuf.message import DecodeError
 
 from vap_common import subjects
+from vap_common.bus import Bus
 from vap_common.logs import get_logger
+from vap_common.tasks import cancel_and_wait
 from vap_proto.v1 import nodes_pb2
-from vap_tracker.bus import Bus
 
 _log = get_logger("vap.tracker.sharding")
 
@@ -103,11 +104,8 @@ class ShardMember:
 
     async def silence(self) -> None:
         """Stop heartbeats without a goodbye (as a crash would): the others take over after the timeout."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def stop(self) -> None:
         await self.silence()

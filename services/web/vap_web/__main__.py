@@ -1,18 +1,22 @@
 """``python -m vap_web [--config FILE]``: the live web view gateway process.
 
-Runs on a host whose decoders it shows (it maps their shared-memory rings); needs NATS_URL and the control
-API (``control_target``). gRPC health on the runtime's health port (for `vap up`'s supervisor), Prometheus
+Runs on a host whose decoders it shows (it maps their shared-memory rings); needs the pipeline's NATS
+(NATS_URL; unset: an embedded server in ``<data_dir>/embedded``, like every VAP service) and the control API
+(``control_target``). gRPC health on the runtime's health port (for `vap up`'s supervisor), Prometheus
 metrics on ``metrics_port``; stops cleanly on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from vap_common import aio
+from vap_common.embedded import service_endpoints
 from vap_common.logs import get_logger
 from vap_common.runtime import ServiceRuntime
 from vap_common.settings import SettingsError
@@ -33,12 +37,18 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+@contextlib.asynccontextmanager
+async def _nats(settings: WebSettings) -> AsyncIterator[str]:
+    with service_endpoints(settings) as endpoints:
+        assert endpoints.nats_url is not None
+        yield endpoints.nats_url
+
+
 async def run(settings: WebSettings) -> None:
     host, port = split_listen(settings.listen)
-    async with ServiceRuntime("web", settings) as runtime:
-        assert settings.nats_url is not None
+    async with ServiceRuntime("web", settings) as runtime, _nats(settings) as nats_url:
         bus = AsyncFrameSubscriber()
-        await bus.connect(settings.nats_url, name="vap-web")
+        await bus.connect(nats_url, name="vap-web")
         client = ControlClient(settings)
         encoder = FrameEncoder(settings.jpeg_quality, settings.max_width)
         watches = Watches(client, bus, encoder, settings)
@@ -69,9 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         split_listen(settings.listen)
     except SettingsError as exc:
         print(f"vap_web: {exc}", file=sys.stderr)
-        return 2
-    if settings.nats_url is None:
-        print("vap_web: NATS_URL is required (the gateway reads FrameRefs from NATS)", file=sys.stderr)
         return 2
     aio.run(run(settings))
     return 0

@@ -28,6 +28,7 @@ import grpc
 from aiohttp import WSMsgType, web
 
 from vap_common.logs import get_logger
+from vap_common.tasks import cancel_and_wait
 from vap_web import auth, metrics
 from vap_web.control import ControlClient
 from vap_web.live import Viewer, ViewerClosed, Watches
@@ -186,8 +187,7 @@ async def live(request: web.Request) -> web.StreamResponse:
             if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                 break
     finally:
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
+        await cancel_and_wait(sender)
         await watches.leave(sid, viewer)
         metrics.VIEWERS.dec()
     return ws

@@ -37,6 +37,7 @@ import grpc
 
 from vap_common import subjects
 from vap_common.logs import get_logger
+from vap_common.tasks import cancel_all
 from vap_framebus import AsyncFrameSubscriber
 from vap_proto.v1 import control_pb2, frame_pb2
 from vap_web import metrics, payloads
@@ -164,9 +165,7 @@ class ChannelWatch:
         _log.info("watching", scenario=self.scenario_id, channel=self.channel_id)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         if self._sid is not None:
             with contextlib.suppress(Exception):
                 await self._bus.unsubscribe(self._sid)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from vap_common.logs import get_logger
 
-_log = get_logger("vap.control.tasks")
+_log = get_logger("vap.tasks")
 
 
-async def cancel_and_wait(task: asyncio.Task[None] | None, *, timeout: float = 10.0) -> None:
+async def cancel_and_wait(task: asyncio.Task[Any] | None, *, timeout: float = 10.0) -> None:
     if task is None:
         return
     deadline = time.monotonic() + timeout
@@ -32,3 +34,8 @@ async def cancel_and_wait(task: asyncio.Task[None] | None, *, timeout: float = 1
             return
     if not task.cancelled() and task.exception() is not None:
         _log.error("background task had failed", task=task.get_name(), error=repr(task.exception()))
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]], *, timeout: float = 10.0) -> None:
+    """``cancel_and_wait`` for several tasks at once (they stop side by side, not one after another)."""
+    await asyncio.gather(*(cancel_and_wait(task, timeout=timeout) for task in tasks))
