@@ -229,7 +229,6 @@ class PipelineSettings(_message.Message):
     NMS_IOU_THRESHOLD_FIELD_NUMBER: _builtins.int
     TRACKER_FIELD_NUMBER: _builtins.int
     REID_FIELD_NUMBER: _builtins.int
-    SECONDARY_CLASSIFIERS_FIELD_NUMBER: _builtins.int
     DATASET_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Detection model name (ModelInfo.name); empty = the server's default model."""
@@ -254,10 +253,6 @@ class PipelineSettings(_message.Message):
         """Appearance re-identification and cross-camera identities."""
 
     @_builtins.property
-    def secondary_classifiers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Names of secondary classifiers to run on crops (e.g. "gender_age"); empty = none."""
-
-    @_builtins.property
     def dataset(self) -> Global___DatasetCapture:
         """Dataset capture."""
 
@@ -271,12 +266,11 @@ class PipelineSettings(_message.Message):
         nms_iou_threshold: _builtins.float | None = ...,
         tracker: Global___TrackerSettings | None = ...,
         reid: Global___ReidSettings | None = ...,
-        secondary_classifiers: _abc.Iterable[_builtins.str] | None = ...,
         dataset: Global___DatasetCapture | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_confidence_threshold", b"_confidence_threshold", "_nms_iou_threshold", b"_nms_iou_threshold", "confidence_threshold", b"confidence_threshold", "dataset", b"dataset", "nms_iou_threshold", b"nms_iou_threshold", "reid", b"reid", "tracker", b"tracker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_confidence_threshold", b"_confidence_threshold", "_nms_iou_threshold", b"_nms_iou_threshold", "class_ids", b"class_ids", "class_names", b"class_names", "confidence_threshold", b"confidence_threshold", "dataset", b"dataset", "model", b"model", "nms_iou_threshold", b"nms_iou_threshold", "reid", b"reid", "secondary_classifiers", b"secondary_classifiers", "tracker", b"tracker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_confidence_threshold", b"_confidence_threshold", "_nms_iou_threshold", b"_nms_iou_threshold", "class_ids", b"class_ids", "class_names", b"class_names", "confidence_threshold", b"confidence_threshold", "dataset", b"dataset", "model", b"model", "nms_iou_threshold", b"nms_iou_threshold", "reid", b"reid", "tracker", b"tracker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__confidence_threshold: _TypeAlias = _typing.Literal["confidence_threshold"]  # noqa: Y015
     _WhichOneofArgType__confidence_threshold: _TypeAlias = _typing.Literal["_confidence_threshold", b"_confidence_threshold"]  # noqa: Y015
