@@ -169,3 +169,68 @@ def test_settings_come_from_yaml_and_environment(
     assert settings.tracker.config().min_hits == 3
     assert settings.tracker.config().lost_timeout_s == 2.5
     assert settings.reid.embedder == "hsv"
+
+
+def _look(k: int, dim: int = 8) -> np.ndarray:
+    """A unit appearance vector per person (what vap_tracker.appearance computes from pixels)."""
+    v = np.full(dim, 0.1, np.float32)
+    v[k] = 1.0
+    return v / np.linalg.norm(v)
+
+
+def test_appearance_reattaches_a_person_who_turned_back_while_hidden_at_5_fps() -> None:
+    """At 5 fps a person hidden for a second who turned round meanwhile reappears far from the prediction:
+    motion alone gives a new id, the look brings the old one back. Someone else appearing there (another
+    look) is not taken for them."""
+
+    def run(config: TrackerConfig, look_back: int) -> set[int]:
+        tracker = ChannelTracker(config)
+        ids: set[int] = set()
+        for k in range(25):
+            # Walks right 40 px a frame, hidden for frames 8-12, comes back at x=350 walking left.
+            x = 100 + 40 * k if k < 8 else None if k < 13 else 350 - 30 * (k - 13)
+            boxes = np.empty((0, 4)) if x is None else np.array([_box(x, 240)])
+            feats = np.repeat(_look(0 if k < 8 else look_back)[None], len(boxes), axis=0)
+            out = tracker.update(boxes, np.full(len(boxes), 0.9), timestamp_s=k / 5.0, features=feats)
+            ids |= set(out.track_id[(out.state == State.CONFIRMED) & (out.frames_since_update == 0)].tolist())
+        return ids
+
+    motion_only = TrackerConfig(appearance_veto=0, appearance_weight=0, appearance_reattach=0)
+    assert run(TrackerConfig(), look_back=0) == {1}
+    assert run(motion_only, look_back=0) == {1, 2}  # the cue is what brings the id back
+    assert run(TrackerConfig(), look_back=3) == {1, 2}  # a different person gets a new id
+
+
+def test_appearance_veto_keeps_a_track_off_a_different_looking_detection() -> None:
+    tracker = ChannelTracker()
+    for k in range(5):
+        tracker.update(np.array([_box(100 + 10 * k, 240)]), np.array([0.9]), features=_look(0)[None])
+    # Someone else steps exactly where the track is predicted: same place, other clothes.
+    out = tracker.update(np.array([_box(150, 240)]), np.array([0.9]), features=_look(5)[None])
+    matched = out.track_id[out.frames_since_update == 0].tolist()
+    assert 1 not in matched and tracker.state_of(1) == State.LOST
+    # Without features (a stale frame) the same detection continues the track by position.
+    tracker = ChannelTracker()
+    for k in range(5):
+        tracker.update(np.array([_box(100 + 10 * k, 240)]), np.array([0.9]), features=_look(0)[None])
+    out = tracker.update(np.array([_box(150, 240)]), np.array([0.9]))
+    assert out.track_id[out.frames_since_update == 0].tolist() == [1]
+
+
+def test_appearance_features_stay_with_their_tracks_through_removals_and_merges() -> None:
+    """The per-track feature store stays aligned with the tracks as tracks are born, removed and
+    re-attached (a misaligned store would compare a track with someone else's look)."""
+    rng = np.random.default_rng(3)
+    tracker = ChannelTracker(TrackerConfig(lost_timeout_s=0.2, lost_min_frames=1))
+    for k in range(200):
+        n = int(rng.integers(0, 6))
+        people = rng.choice(8, size=n, replace=False)
+        boxes = np.array([_box(60 * p + 40 + rng.normal(0, 2), 240) for p in people]).reshape(-1, 4)
+        feats = np.array([_look(int(p)) for p in people], np.float32).reshape(-1, 8)
+        tracker.update(boxes, np.full(n, 0.9), timestamp_s=k / 5.0, features=feats)
+        assert tracker._feat.shape[0] == tracker._f.shape[1]
+        for col in range(tracker._f.shape[1]):
+            box = tracker._f[20:24, col]
+            person = round(((box[0] + box[2]) / 2 - 40) / 60)
+            if tracker._i[4, col] == 0 and 0 <= person < 8:  # matched this frame: its look is that person's
+                assert int(np.argmax(tracker._feat[col])) == person

@@ -88,10 +88,10 @@ def test_flicker_at_the_border_is_ignored_with_min_presence() -> None:
 
 def test_a_track_removed_inside_the_zone_exits_with_its_last_seen_time() -> None:
     w = Walker([(300.0, 300.0)] * 20)  # then vanishes for good
-    outputs, _ = run([w], 20 + 40, [zone_rule("shelf", AREA)])
+    outputs, _ = run([w], 20 + 70, [zone_rule("shelf", AREA)])  # LOST for 2 s (lost_timeout_s), then gone
     exits = [e for o in outputs for e in o.events if e.HasField("zone_exit")]
     assert len(exits) == 1
-    assert 700 <= exits[0].zone_exit.dwell_ms <= 800  # frames 1..19 inside, not the 1 s it was LOST
+    assert 700 <= exits[0].zone_exit.dwell_ms <= 800  # frames 1..19 inside, not the 2 s it was LOST
 
 
 def test_counts_per_interval() -> None:

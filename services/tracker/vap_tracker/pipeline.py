@@ -18,6 +18,7 @@ import numpy as np
 from vap_proto.v1 import analytics_pb2, detection_pb2, scenario_pb2, tracking_pb2
 from vap_shmring.images import FrameImage
 from vap_tracker.analytics.engine import AnalyticsEngine, TrackView
+from vap_tracker.appearance import detection_features
 from vap_tracker.attributes.stage import AttributeConfig, AttributeStage, Classifiers
 from vap_tracker.bytetrack import ChannelTracker, FrameTracks, TrackerConfig
 from vap_tracker.convert import detection_arrays, tracks_to_proto
@@ -109,6 +110,11 @@ class ChannelPipeline:
             classifiers, executor = attributes.runtime()
             self.attributes = AttributeStage(channel_id, classifiers, executor, attributes.config)
 
+    @property
+    def needs_frame(self) -> bool:
+        """Whether process() uses the frame's pixels (appearance cue, ReID, attributes)."""
+        return self.tracker.config.uses_appearance or self.reid is not None or self.attributes is not None
+
     # ------------------------------------------------------------------------------------------------
     def apply(self, config: scenario_pb2.ScenarioConfig) -> list[analytics_pb2.IntervalCounts]:
         """Apply a ScenarioConfig (the caller checked it is newer). Tracks and ids survive a change of
@@ -145,7 +151,12 @@ class ChannelPipeline:
         info = fd.frame
         boxes, scores, classes = detection_arrays(fd, self.class_names)
         now_s = info.capture_time_ns / 1e9
-        tracks = self.tracker.update(boxes, scores, classes, now_s if info.capture_time_ns else None)
+        features = None
+        if frame is not None and self.tracker.config.uses_appearance:
+            features = detection_features(frame, boxes, scores, self.tracker.config.high_score_threshold)
+        tracks = self.tracker.update(
+            boxes, scores, classes, now_s if info.capture_time_ns else None, features=features
+        )
         events: list[analytics_pb2.AnalyticsEvent] = []
         global_ids: dict[int, int] = {}
         if self.reid is not None:

@@ -180,7 +180,7 @@ class TrackerService:
         if not pipe.enabled:
             return []
         frame: FrameImage | None = None
-        if (pipe.reid is not None or pipe.attributes is not None) and fd.HasField("frame_ref"):
+        if pipe.needs_frame and fd.HasField("frame_ref"):
             frame = RingFrame(self._pool, fd.frame_ref)
         result = pipe.process(fd, frame)
         self._observe(channel, pipe, result)

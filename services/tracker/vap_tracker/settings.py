@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -23,17 +24,20 @@ from vap_tracker.reid.manager import ReidConfig
 class TrackerDefaults(BaseModel):
     model_config = {"extra": "forbid"}
 
-    high_score_threshold: float = Field(default=0.6, ge=0, le=1)
+    high_score_threshold: float = Field(default=0.5, ge=0, le=1)
     low_score_threshold: float = Field(default=0.1, ge=0, le=1)
     new_track_threshold: float = Field(default=0.7, ge=0, le=1)
-    match_iou_threshold: float = Field(default=0.3, ge=0, le=1)
+    match_iou_threshold: float = Field(default=0.2, ge=0, le=1)
     min_hits: int = Field(default=2, ge=1)
-    lost_timeout_s: float = Field(default=1.0, gt=0)
+    lost_timeout_s: float = Field(default=2.0, gt=0)
     # Nominal frame rate of the cameras: the unit of the motion model's noise (timestamps drive it).
     ref_fps: float = Field(default=25.0, gt=0)
+    # Colour histograms of the detections' crops in association (vap_tracker.appearance): about 50 us a
+    # person; off = motion alone (TrackerConfig explains the settings).
+    appearance: bool = True
 
     def config(self) -> TrackerConfig:
-        return TrackerConfig(
+        config = TrackerConfig(
             high_score_threshold=self.high_score_threshold,
             low_score_threshold=self.low_score_threshold,
             new_track_threshold=self.new_track_threshold,
@@ -42,6 +46,9 @@ class TrackerDefaults(BaseModel):
             lost_timeout_s=self.lost_timeout_s,
             ref_fps=self.ref_fps,
         )
+        if self.appearance:
+            return config
+        return replace(config, appearance_veto=0.0, appearance_weight=0.0, appearance_reattach=0.0)
 
 
 class ReidDefaults(BaseModel):
