@@ -60,12 +60,54 @@ def test_a_u_turn_at_the_line_is_not_a_crossing() -> None:
     assert events == []
 
 
-def test_crossing_and_coming_back_counts_each_direction_once_per_track() -> None:
-    # In, out, in, out again: one A->B and one B->A for this track (no double counts per track).
+def test_crossing_and_coming_back_counts_every_crossing_once() -> None:
+    # In, out, in, out again: four crossings by one track, each counted once (the hand counts' rule: a
+    # person who crosses and later crosses back counts once per crossing).
     path = waypoints([(320, 180), (320, 300), (320, 180), (320, 300), (320, 180)], 20)
-    events, pipe = run([Walker(path)], len(path))
-    assert directions(events) == [(1, A_TO_B), (1, B_TO_A)]
-    assert pipe.analytics.line_totals("door") == {A_TO_B: 1, B_TO_A: 1}
+    events, pipe = run([Walker(path)], len(path) + 10)
+    assert directions(events) == [(1, A_TO_B), (1, B_TO_A), (1, A_TO_B), (1, B_TO_A)]
+    assert pipe.analytics.line_totals("door") == {A_TO_B: 2, B_TO_A: 2}
+
+
+def test_a_crossing_taken_back_within_the_settle_time_counts_nothing() -> None:
+    """Two people passing at the line whose boxes swap for a frame look like a crossing and a crossing
+    back; nothing counts unless the new side holds for SETTLE_S."""
+    down = line_path((320, 225), (320, 265), 5)
+    # 0.2 s firmly below the line (y >= 248), then back up.
+    flick = [(320.0, 225.0)] * 20 + down + [(320.0, 265.0)] * 2 + down[::-1] + [(320.0, 225.0)] * 20
+    events, _ = run([Walker(flick)], len(flick))
+    assert events == []
+
+
+def test_standing_on_the_line_with_detector_jitter_counts_nothing() -> None:
+    # Feet on the line for 4 s, box bottom jittering by a few percent of the person's height (no
+    # min_crossing_distance: the band comes from the box height alone).
+    bare = line_rule("door", (100, 240), (540, 240))
+    path = [(320.0, 240.0)] * 100
+    events, _ = run([Walker(path)], len(path), rules=[bare], jitter=3.0)
+    assert events == []
+
+
+def test_an_id_break_at_the_line_counts_the_person_once() -> None:
+    """The tracker loses the person just before the line and starts a new id just after it (motion and
+    appearance both failed, e.g. a long occlusion at the door): the new id takes over the old one's side,
+    so the crossing is counted once, and a break after the line does not count it again."""
+    config = TrackerConfig(
+        appearance_veto=0, appearance_weight=0, appearance_reattach=0, lost_timeout_s=0.1, lost_min_frames=1
+    )
+    for hidden in (range(17, 24), range(23, 30)):  # the break before / after the line (y = 240 at ~20)
+        pipe = ChannelPipeline("s", "cam", config)
+        pipe.apply(scenario_config("s", "cam", 1, [DOOR]))
+        w = Walker(line_path((320, 150), (320, 350), 45), hidden=set(hidden))
+        events = []
+        for f in range(55):
+            events += [
+                e for e in pipe.process(detections(f, [w], "cam", "s")).events if e.HasField("line_crossing")
+            ]
+        ids = {e.track_id for e in events}
+        assert [e.line_crossing.direction for e in events] == [A_TO_B], hidden
+        assert pipe.tracker.next_id > 2, "the scene must break the id for the test to mean anything"
+        assert len(ids) == 1
 
 
 def test_two_people_in_opposite_directions_are_counted_separately() -> None:

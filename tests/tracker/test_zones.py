@@ -113,7 +113,7 @@ def test_rules_change_on_a_running_channel() -> None:
     pipe.apply(scenario_config("s", "cam", 1, [zone_rule("shelf", AREA)]))
     w = Walker([(300.0, 300.0)] * 30 + line_path((300, 300), (300, 470), 20))
     events: list[tuple[int, str]] = []
-    for f in range(50):
+    for f in range(60):  # the line's crossing settles 0.3 s after it happens (frame ~46)
         if f == 10:
             # Same zone (state kept: no second enter) plus a new line across the bottom of the view.
             pipe.apply(

@@ -145,11 +145,12 @@ class AnalyticsEngine:
             if (c := r.counter.advance(now)) is not None:
                 closed.append(c)
             sel = (matched & r.selects(t.class_id, view.class_names)).nonzero()[0]
-            anchors = anchor_points(self._geometry_boxes(r.rule, t.box[sel], frame), r.rule.anchor)
+            boxes = self._geometry_boxes(r.rule, t.box[sel], frame)
+            anchors = anchor_points(boxes, r.rule.anchor)
             ids = t.track_id[sel]
             ev = r.evaluator
             if isinstance(ev, LineEvaluator):
-                for crossing in ev.update(ids, anchors):
+                for crossing in ev.update(ids, anchors, boxes[:, 3] - boxes[:, 1], now / 1e9):
                     r.counter.crossing(crossing.direction)
                     events.append(
                         self._line_event(frame, r, crossing.track_id, crossing.direction, view, row_of)
