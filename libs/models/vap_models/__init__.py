@@ -1,7 +1,8 @@
-"""The model catalogue (registry), verification of model files, and the model-fetch command
-(``python -m vap_inference.models fetch|list``)."""
+"""The model library: the catalogue of the models VAP knows, verification of their files, where a model's
+file is (models directory, derived-model cache, files packaged in wheels) and the one ONNX Runtime session
+factory. Used by inference, the tracker's ReID and attribute stages, and the build tools (vap_modelbuild)."""
 
-from vap_inference.models.registry import (
+from vap_models.catalogue import (
     BUILTIN_MODELS,
     DEFAULT_MODEL,
     ModelKind,
@@ -9,7 +10,10 @@ from vap_inference.models.registry import (
     builtin,
     yolo_spec,
 )
-from vap_inference.models.verify import ModelVerificationError, sha256_file, verify_file
+from vap_models.locate import locate_model
+from vap_models.packaged import PackagedModelError
+from vap_models.session import open_session
+from vap_models.verify import ModelVerificationError, sha256_file, verify_file
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -17,7 +21,10 @@ __all__ = [
     "ModelKind",
     "ModelSpec",
     "ModelVerificationError",
+    "PackagedModelError",
     "builtin",
+    "locate_model",
+    "open_session",
     "sha256_file",
     "verify_file",
     "yolo_spec",

@@ -1,5 +1,6 @@
-"""Checks of a model file before it is used: present, not empty, the expected sha256 (ready copies of the
-shipped models), loadable, the right signature, and a probe inference (detectors: ``Detector.load``).
+"""Checks of a model file before it is used: present, not empty, and the expected sha256 (the reference
+conversion of a shipped model, or the record of a conversion made on this machine). Signature and probe
+inference are the runtime's part (the detector at load; ``vap_modelbuild.checks`` for the fetch command).
 
 Every failure is a ModelVerificationError whose message names the file, what was expected and what to do.
 """
@@ -9,21 +10,25 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from vap_inference.errors import ModelVerificationError
-from vap_inference.models.registry import ModelKind, ModelSpec
+from vap_models.catalogue import ModelSpec
 
 __all__ = [
+    "FETCH_COMMAND",
     "ModelVerificationError",
     "conversion_record",
     "recorded_sha256",
     "sha256_file",
     "verify_file",
-    "verify_model",
 ]
 
-_FETCH_HINT = (
-    "run `python -m vap_inference.models fetch` (or set VAP_MODELS_DIR to a directory of ready copies)"
-)
+# The command that reproduces or builds the models, as the error messages name it.
+FETCH_COMMAND = "python -m vap_stack.models fetch"
+_FETCH_HINT = f"run `{FETCH_COMMAND}` (or set VAP_MODELS_DIR to a directory of ready copies)"
+
+
+class ModelVerificationError(Exception):
+    """A model file that does not fit its spec: missing, corrupt, wrong hash, wrong inputs/outputs, or a
+    probe inference that failed or gave outputs of the wrong shape."""
 
 
 def sha256_file(path: Path) -> str:
@@ -66,46 +71,3 @@ def verify_file(spec: ModelSpec, path: Path, *, check_hash: bool = True) -> str:
             f"delete it and {_FETCH_HINT}"
         )
     return digest
-
-
-def verify_model(spec: ModelSpec, path: Path, *, check_hash: bool = True, threads: int = 1) -> str:
-    """Full check with ONNX Runtime on the CPU: file, signature, probe inference (and the batch probe for
-    detectors). Returns the sha256. Used by the fetch command; the service does the same at load."""
-    digest = verify_file(spec, path, check_hash=check_hash)
-    from vap_inference.backends.base import BackendError
-    from vap_inference.backends.onnxruntime import OrtBackend
-
-    try:
-        backend = OrtBackend(path, threads=threads, batch_cap=2)
-    except BackendError as exc:
-        raise ModelVerificationError(
-            f"model {spec.name!r}: {path} is not a loadable ONNX model: {exc}"
-        ) from exc
-    try:
-        if spec.kind is ModelKind.DETECTOR:
-            from vap_inference.detector import Detector
-
-            Detector(spec, backend, sha256=digest, max_batch=2).load()
-        else:
-            _probe_embedder(spec, backend)
-    finally:
-        backend.close()
-    return digest
-
-
-def _probe_embedder(spec: ModelSpec, backend: object) -> None:
-    import numpy as np
-
-    from vap_inference.backends.onnxruntime import OrtBackend
-
-    assert isinstance(backend, OrtBackend)
-    inp = backend.inputs
-    if len(inp) != 1 or len(inp[0].shape) != 4 or inp[0].fixed(1) != 3:
-        raise ModelVerificationError(f"model {spec.name!r}: expected one [N,3,H,W] input, got {inp}")
-    x = np.zeros((2, 3, spec.input_height, spec.input_width), np.float32)
-    try:
-        (feat,) = backend.run({inp[0].name: x})[:1]
-    except Exception as exc:
-        raise ModelVerificationError(f"model {spec.name!r}: probe inference failed: {exc}") from exc
-    if feat.ndim != 2 or feat.shape[0] != 2:
-        raise ModelVerificationError(f"model {spec.name!r}: probe gave output {feat.shape}, expected [2, D]")
