@@ -1,28 +1,20 @@
-"""Derived models: files VAP builds itself from a shipped base model (e.g. ``nanodet-m-416-int8``, the INT8
-quantisation of ``nanodet-m-416``), cached and keyed by the base file's sha256.
+"""Building derived models: files VAP makes itself from a shipped base model (e.g. ``nanodet-m-416-int8``,
+the INT8 quantisation of ``nanodet-m-416``) into the derived-model cache that ``vap_models.locate`` reads
+(keyed by the base file's sha256 and the recipe version, with a JSON build record beside each file).
 
-Where: ``$VAP_DERIVED_MODELS_DIR``, else ``models/derived`` in the per-user cache, never the models
-directory itself ($VAP_MODELS_DIR may be a shared directory of ready copies). Each build writes
-``<name>.<base sha256[:16]>.r<recipe version>.onnx`` and a JSON record beside it
-(base and own sha256, recipe, library versions, calibration frames, agreement with the base model).
-
-Built by ``python -m vap_inference.models fetch`` and, on a cache miss, when the service first loads the
-model (the same code: seconds). Verified at every load: the record must name the base file's current hash
-and the file's own hash; then the detector's signature and probe checks run as for any model. A build must
-also agree with its base model before it is installed: on frames the calibration did not use, at least
-``MIN_AGREEMENT`` of the base model's person boxes must be found again (IoU >= 0.5).
+Built by ``python -m vap_stack.models fetch`` and, on a cache miss, when the inference service first loads
+the model (``locate_or_build``, the same code: seconds). A build must agree with its base model before it is
+installed: on frames the calibration did not use, at least ``MIN_AGREEMENT`` of the base model's person
+boxes must be found again (IoU >= 0.5). Running the models is the inference runtime's part, given as a
+``DetectorRuntime``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,22 +22,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from vap_common import paths
 from vap_common.logs import get_logger
-from vap_inference.errors import ModelVerificationError
-from vap_inference.models.registry import ModelSpec, builtin
-from vap_inference.models.verify import sha256_file, verify_file
+from vap_modelbuild.checks import DetectorRuntime
+from vap_models.catalogue import ModelSpec
+from vap_models.locate import (
+    RECIPES,
+    base_spec,
+    build_record_path,
+    locate_model,
+    recipe_version,
+)
+from vap_models.verify import ModelVerificationError, sha256_file
 
-_log = get_logger("vap.inference.derived")
+_log = get_logger("vap.modelbuild.derive")
 
-DERIVED_ENV = "VAP_DERIVED_MODELS_DIR"
-# Per recipe; bump one when its recipe changes what it writes: its old cache entries are then simply not
-# found (the other recipes' builds stay valid). int8: static INT8 quantisation (models/quantize.py; r2: first
-# conv in fp32 with its MaxPool moved before the LeakyRelu, one range per Concat, head convs padded to 128);
-# raw-outputs: the SSD graph without its NMS subgraph and without its per-image resize Loop
-# (models/graph_fixes.py; r2 added the resize Loop).
-RECIPE_VERSIONS: dict[str, int] = {"int8": 2, "raw-outputs": 2}
-RECIPES = tuple(RECIPE_VERSIONS)
 # Frames of the calibration video for the agreement check: every 40th from 25, none used for calibration.
 AGREEMENT_FRAMES: tuple[int, ...] = tuple(range(25, 795, 40))
 AGREEMENT_IOU = 0.5
@@ -85,102 +75,25 @@ class DerivedRecord:
     build_seconds: float
 
 
-def derived_models_dir() -> Path:
-    if given := os.environ.get(DERIVED_ENV):
-        return Path(given)
-    return paths.cache_dir() / "models" / "derived"
+def locate_or_build(spec: ModelSpec, models_dir: Path, runtime: DetectorRuntime) -> tuple[Path, str]:
+    """``vap_models.locate.locate_model``, building a derived model that is not in the cache yet."""
+
+    def build(spec: ModelSpec, base_path: Path, base_sha256: str, path: Path) -> DerivedRecord:
+        return build_derived(spec, base_path, base_sha256, path, runtime)
+
+    return locate_model(spec, models_dir, build=build)
 
 
-def recipe_version(spec: ModelSpec) -> int:
-    return RECIPE_VERSIONS.get(spec.recipe, 0)
-
-
-def cache_path(spec: ModelSpec, base_sha256: str) -> Path:
-    return derived_models_dir() / f"{spec.name}.{base_sha256[:16]}.r{recipe_version(spec)}.onnx"
-
-
-def _record_path(path: Path) -> Path:
-    return path.with_suffix(".json")
-
-
-def base_spec(spec: ModelSpec) -> ModelSpec:
-    if not spec.base:
-        raise ValueError(f"model {spec.name!r} is not a derived model")
-    return builtin(spec.base)
-
-
-def locate_model(spec: ModelSpec, models_dir: Path, *, build: bool = True) -> tuple[Path, str]:
-    """The file to load for ``spec`` and its sha256, checked: a shipped or user model in the models
-    directory (present, not empty), or a derived model from the cache (built now when missing and
-    ``build``; its record must match the base file and itself)."""
-    if not spec.base:
-        path = spec.resolve_path(models_dir)
-        # The hash of the reference conversion is checked by the fetch command; here any file that passes
-        # the signature and probe checks is used (a local re-conversion may differ in its last bits).
-        return path, verify_file(spec, path, check_hash=False)
-    base = base_spec(spec)
-    base_path = base.resolve_path(models_dir)
-    base_sha = verify_file(base, base_path, check_hash=False)
-    path = cache_path(spec, base_sha)
-    if not path.exists():
-        if not build:
-            raise ModelVerificationError(
-                f"model {spec.name!r}: not built yet for base {base.name} {base_sha[:12]} ({path} absent); "
-                f"run `python -m vap_inference.models fetch --only {spec.name}`"
-            )
-        with _build_lock(path):
-            if not path.exists():  # another process may have built it while we waited
-                _log.warning("building derived model (one-time, cached)", model=spec.name, path=str(path))
-                build_derived(spec, base_path, base_sha, path)
-    return path, verify_derived(spec, path, base_sha)
-
-
-def verify_derived(spec: ModelSpec, path: Path, base_sha256: str) -> str:
-    """The derived file's sha256 after checking it against its record and the current base file."""
-    hint = (
-        f"delete {path} (and its .json) or run "
-        f"`python -m vap_inference.models fetch --force --only {spec.name}`"
-    )
-    digest = verify_file(spec, path, check_hash=False)
-    try:
-        record = json.loads(_record_path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelVerificationError(
-            f"model {spec.name!r}: no readable build record for {path}: {exc}; {hint}"
-        ) from exc
-    version = recipe_version(spec)
-    if record.get("base_sha256") != base_sha256 or record.get("recipe_version") != version:
-        raise ModelVerificationError(
-            f"model {spec.name!r}: {path} was built from base {str(record.get('base_sha256'))[:12]} "
-            f"recipe r{record.get('recipe_version')}, not from the current {base_sha256[:12]} "
-            f"r{version}; {hint}"
-        )
-    if record.get("sha256") != digest:
-        raise ModelVerificationError(
-            f"model {spec.name!r}: {path} has sha256 {digest[:12]}, its build record says "
-            f"{str(record.get('sha256'))[:12]} (modified or corrupt); {hint}"
-        )
-    return digest
-
-
-@contextlib.contextmanager
-def _build_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def build_derived(spec: ModelSpec, base_path: Path, base_sha256: str, path: Path) -> DerivedRecord:
+def build_derived(
+    spec: ModelSpec, base_path: Path, base_sha256: str, path: Path, runtime: DetectorRuntime
+) -> DerivedRecord:
     """Build ``spec`` from ``base_path`` into ``path`` (+ record), after checking its agreement with the
-    base model; raises ModelVerificationError when it does not agree well enough."""
+    base model (both run by ``runtime``); raises ModelVerificationError when it does not agree well
+    enough."""
     import onnx
     import onnxruntime
 
-    from vap_inference.models import quantize
+    from vap_modelbuild import quantize
 
     if spec.recipe not in RECIPES:
         raise ModelVerificationError(
@@ -195,10 +108,12 @@ def build_derived(spec: ModelSpec, base_path: Path, base_sha256: str, path: Path
     with tempfile.TemporaryDirectory(prefix=f"{spec.name}-", dir=path.parent) as tmp:
         out = Path(tmp) / path.name
         if calibrated:
-            quantize.quantize_int8(base, base_path, out, {i: frames[i] for i in calibration_frames})
+            calibration = {i: frames[i] for i in calibration_frames}
+            quantize.quantize_int8(base, base_path, out, calibration, runtime)
         else:
             _cut_postprocessing(base_path, out)
-        agreement = person_agreement(base, base_path, spec, out, [frames[i] for i in AGREEMENT_FRAMES])
+        images = [frames[i] for i in AGREEMENT_FRAMES]
+        agreement = person_agreement(runtime, base, base_path, spec, out, images)
         if agreement.ratio < MIN_AGREEMENT:
             raise ModelVerificationError(
                 f"model {spec.name!r}: the {spec.recipe} build found only {agreement.matched} of "
@@ -222,7 +137,7 @@ def build_derived(spec: ModelSpec, base_path: Path, base_sha256: str, path: Path
         record_tmp.write_text(json.dumps(asdict(record), indent=2) + "\n")
         # Model first, record last: a reader that finds the record finds the model it describes.
         shutil.move(out, path)
-        record_tmp.replace(_record_path(path))
+        record_tmp.replace(build_record_path(path))
     _log.info(
         "derived model built",
         model=spec.name,
@@ -236,7 +151,7 @@ def build_derived(spec: ModelSpec, base_path: Path, base_sha256: str, path: Path
 def _cut_postprocessing(base_path: Path, out: Path) -> None:
     import onnx
 
-    from vap_inference.models.graph_fixes import cut_ssd_postprocessing, replace_ssd_resize_loop
+    from vap_modelbuild.graph_fixes import cut_ssd_postprocessing, replace_ssd_resize_loop
 
     model = onnx.load(str(base_path))
     try:
@@ -248,6 +163,7 @@ def _cut_postprocessing(base_path: Path, out: Path) -> None:
 
 
 def person_agreement(
+    runtime: DetectorRuntime,
     reference_spec: ModelSpec,
     reference: Path,
     candidate_spec: ModelSpec,
@@ -255,22 +171,10 @@ def person_agreement(
     images: list[npt.NDArray[np.uint8]],
 ) -> Agreement:
     """Run both models on ``images`` (BGR) and match their person boxes (see ``Agreement``)."""
-    from vap_inference.backends.onnxruntime import OrtBackend
-    from vap_inference.detector import Detector
-
-    detectors = [
-        Detector(s, OrtBackend(p, threads=2, batch_cap=1), max_batch=1).load()
-        for s, p in ((reference_spec, reference), (candidate_spec, candidate))
-    ]
-    try:
-        boxes = [
-            [d.detect_image(img, d.options(class_names=["person"]))[0].boxes for img in images]
-            for d in detectors
-        ]
-    finally:
-        for d in detectors:
-            d.close()
-    return match_boxes(boxes[0], boxes[1])
+    return match_boxes(
+        runtime.person_boxes(reference_spec, reference, images),
+        runtime.person_boxes(candidate_spec, candidate, images),
+    )
 
 
 def iou_matrix(a: Boxes, b: Boxes) -> npt.NDArray[np.float64]:
