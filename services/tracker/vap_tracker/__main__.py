@@ -14,7 +14,7 @@ from pathlib import Path
 from vap_common import aio
 from vap_common.runtime import ServiceRuntime
 from vap_common.settings import SettingsError
-from vap_inference.models.packaged import PackagedModelError
+from vap_models import PackagedModelError
 from vap_tracker.attributes.classifier import ClassifierLoadError
 from vap_tracker.bus import NatsBus
 from vap_tracker.service import TrackerService
