@@ -84,12 +84,9 @@ def _frame(path: Path, width: int, height: int, fmt: str) -> npt.NDArray[np.uint
 
 
 def _session(path: Path) -> Any:
-    import onnxruntime as ort
+    from vap_models.session import open_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = _MODEL_THREADS
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return open_session(path, threads=_MODEL_THREADS)
 
 
 def nanodet_ms(model: Path, video: Path, runs: int) -> float:

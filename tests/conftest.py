@@ -50,7 +50,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     converted into the per-user cache once per machine. Nothing is skipped for a missing file: a fetch
     that fails ends the session with its reason."""
     from vap_common.paths import sample_data_dir
-    from vap_inference.models.registry import BUILTIN_MODELS
+    from vap_models.catalogue import BUILTIN_MODELS
     from vap_stack.sample import SampleError, ensure_sample_videos
     from vap_stack.up import StackError, ensure_models
 

@@ -341,7 +341,7 @@ async def _detect(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from vap_inference.models.__main__ import main as models_main
+    from vap_stack.models import main as models_main
     from vap_stack.up import resolve_models_dir
 
     resolve_models_dir()

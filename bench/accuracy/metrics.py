@@ -20,7 +20,7 @@ from scipy.optimize import linear_sum_assignment
 
 from bench.accuracy.crossings import Crossing
 from bench.accuracy.gt.motfile import GtBox
-from vap_inference.models.derived import iou_matrix as box_ious
+from vap_modelbuild.derive import iou_matrix as box_ious
 
 F64 = npt.NDArray[np.float64]
 IOU = 0.5

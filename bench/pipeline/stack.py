@@ -53,8 +53,8 @@ def _quiet(message: str) -> None:
 
 def missing_reason(models: Sequence[str]) -> str | None:
     """Why the pipeline suites cannot run here (no RTSP server, no video, no model), else None."""
-    from vap_inference.models.registry import BUILTIN_MODELS
     from vap_inference.testing import missing_model_reason
+    from vap_models.catalogue import BUILTIN_MODELS
 
     if reason := unavailable_reason():
         return f"no RTSP server: {reason}"

@@ -7,9 +7,10 @@ one batch / batch size; ``fps`` = 1000 / ms_per_frame (one detector, one batch i
 
 Models: the shipped NanoDet-m 416 and SSDLite person 300 (from $VAP_MODELS_DIR / .vap/models), the INT8
 build of NanoDet (``nanodet-m-416-int8``, the service's default) and SSDLite without its NMS subgraph
-(``ssdlite-mbv2-person-300-raw``) from the derived-model cache (models/derived.py), and a
-YOLOv8n exported from its YAML by Ultralytics when that is installed (random weights: speed only), or the
-file named by $VAP_BENCH_YOLO. Backends: ONNX Runtime on the CPU; TensorRT where it can run.
+(``ssdlite-mbv2-person-300-raw``) from the derived-model cache (vap_models.locate; built on a miss by
+vap_modelbuild.derive), and a YOLOv8n exported from its YAML by Ultralytics when that is installed (random
+weights: speed only), or the file named by $VAP_BENCH_YOLO. Backends: ONNX Runtime on the CPU; TensorRT
+where it can run.
 
 Backends: ``onnxruntime-cpu`` (no thread spinning, square input), ``onnxruntime-cpu-spin``
 (InferenceSettings.spin = true), ``onnxruntime-cpu-rect`` (NanoDet with rectangular inputs, the service's
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
     from vap_inference.backends.base import Backend
     from vap_inference.detector import Detector
-    from vap_inference.models.registry import ModelSpec
+    from vap_models.catalogue import ModelSpec
 
     Frame = tuple[tuple[npt.NDArray[np.uint8], ...], int, int]  # I420 planes, width, height
 
@@ -73,9 +74,9 @@ def _yolo_model(work: Path) -> Path | None:
 
 def _configs(work: Path) -> Iterator[tuple[ModelSpec, Path]]:
     from vap_common.paths import models_dir
-    from vap_inference.errors import ModelVerificationError
-    from vap_inference.models.derived import locate_model
-    from vap_inference.models.registry import NANODET, NANODET_INT8, SSDLITE, SSDLITE_RAW, yolo_spec
+    from vap_inference.modelfiles import locate_model
+    from vap_models import ModelVerificationError
+    from vap_models.catalogue import NANODET, NANODET_INT8, SSDLITE, SSDLITE_RAW, yolo_spec
 
     for spec in (NANODET, NANODET_INT8, SSDLITE, SSDLITE_RAW):
         try:
@@ -150,7 +151,7 @@ def _backends(
     """(backend name, threads, factory) for every backend that can run here."""
     from vap_inference.backends import tensorrt as trt_backend
     from vap_inference.backends.onnxruntime import OrtBackend
-    from vap_inference.models.verify import sha256_file
+    from vap_models.verify import sha256_file
 
     # The service's default (no spinning, see backends/onnxruntime.py) for every thread count, and
     # spinning at 2 threads: faster on an idle machine, much slower on a busy one.

@@ -504,8 +504,8 @@ async def test_detect_and_list_models_are_forwarded_to_the_inference_service(con
     names = [m.name for m in models.models]
     assert names[0] == "ssdlite-mbv2-person-300" and models.models[0].is_default
     assert "nanodet-m-416" in names
-    from vap_inference.models.registry import SSDLITE
     from vap_inference.testing import missing_model_reason, video_frames
+    from vap_models.catalogue import SSDLITE
 
     if reason := missing_model_reason(SSDLITE):
         pytest.skip(reason)

@@ -88,8 +88,8 @@ class Servers:
 
 @pytest.fixture(scope="module")
 def servers(nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    from vap_inference.models.registry import NANODET
     from vap_inference.testing import missing_model_reason
+    from vap_models.catalogue import NANODET
 
     if reason := missing_model_reason(NANODET):
         pytest.skip(reason)

@@ -106,7 +106,7 @@ def stored_since(database_url: str, since_ns: int) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    registry = pytest.importorskip("vap_inference.models.registry")
+    registry = pytest.importorskip("vap_models.catalogue")
     from vap_inference.testing import missing_model_reason
 
     if reason := missing_model_reason(registry.SSDLITE):

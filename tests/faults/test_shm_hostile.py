@@ -21,10 +21,10 @@ from nats.aio.client import Client as NatsClient
 
 from vap_common import subjects
 from vap_inference.manager import ModelManager
-from vap_inference.models.registry import NANODET
 from vap_inference.service import InferenceService
 from vap_inference.settings import InferenceSettings
 from vap_inference.testing import missing_model_reason, model_path, video_frames, write_frame
+from vap_models.catalogue import NANODET
 from vap_proto.v1 import detection_pb2
 from vap_proto.v1.frame_pb2 import FrameRef, PixelFormat
 from vap_shmring import SHM_DIR, RingWriter

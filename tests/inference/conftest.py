@@ -1,7 +1,7 @@
 """Fixtures of the inference tests: loaded detectors (once per session), sample frames, unique channels.
 
 Tests that need a model file skip with the reason when it is absent (set VAP_MODELS_DIR=../shared/models,
-as CI does, or run `python -m vap_inference.models fetch`).
+as CI does, or run `python -m vap_stack.models fetch`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 
 from vap_inference.backends.onnxruntime import OrtBackend
 from vap_inference.detector import Detector
-from vap_inference.models.derived import locate_model
-from vap_inference.models.registry import NANODET, NANODET_INT8, SSDLITE, ModelSpec
+from vap_inference.modelfiles import locate_model
 from vap_inference.testing import missing_model_reason, model_path, video_frames
+from vap_models.catalogue import NANODET, NANODET_INT8, SSDLITE, ModelSpec
 from vap_shmring import SHM_DIR, ring_name
 
 # vtest-576p25 frames used throughout: 0 and 200 have several people (README: NanoDet 3-4 and 8).

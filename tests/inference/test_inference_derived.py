@@ -19,12 +19,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vap_inference.backends.onnxruntime import OrtBackend
 from vap_inference.detector import Detector
-from vap_inference.errors import ModelVerificationError
-from vap_inference.models import derived, quantize
-from vap_inference.models.__main__ import main as models_cli
-from vap_inference.models.graph_fixes import cut_to_outputs, fold_neg_inf_pads_into_maxpool
-from vap_inference.models.registry import NANODET_INT8, SSDLITE_RAW
-from vap_inference.models.verify import sha256_file
+from vap_inference.modelfiles import locate_model
+from vap_modelbuild import derive, quantize
+from vap_modelbuild.graph_fixes import cut_to_outputs, fold_neg_inf_pads_into_maxpool
+from vap_models import ModelVerificationError, locate
+from vap_models.catalogue import NANODET_INT8, SSDLITE_RAW
+from vap_models.verify import sha256_file
+from vap_stack.models import main as models_cli
 
 # Neither calibration (5 + 40k) nor the build's own agreement check (25 + 40k) used these.
 HELD_OUT_FRAMES = tuple(range(15, 795, 40))
@@ -38,7 +39,7 @@ def person_boxes(detector: Detector, images: list[np.ndarray]) -> list[np.ndarra
 def test_int8_finds_the_same_people_as_the_float_model(nanodet: Detector, nanodet_int8: Detector) -> None:
     images = list(quantize.video_frames(HELD_OUT_FRAMES).values())
     reference = person_boxes(nanodet, images)
-    agreement = derived.match_boxes(reference, person_boxes(nanodet_int8, images))
+    agreement = derive.match_boxes(reference, person_boxes(nanodet_int8, images))
     assert agreement.reference >= 60, "vtest has 3-10 people per frame"
     assert agreement.ratio >= 0.9, agreement
     assert agreement.extra <= 0.1 * agreement.reference, agreement
@@ -57,13 +58,13 @@ def test_int8_finds_people_on_frame_200_and_none_on_blank(
 
 
 def test_ssdlite_without_its_nms_subgraph_finds_the_same_people(ssdlite: Detector, models_dir: Path) -> None:
-    path, _ = derived.locate_model(SSDLITE_RAW, models_dir)
+    path, _ = locate_model(SSDLITE_RAW, models_dir)
     raw = Detector(SSDLITE_RAW, OrtBackend(path, threads=2, batch_cap=4), max_batch=4).load()
     try:
         assert raw.max_batch == 4, raw.batch_probe.reason  # still batches
         assert {o.name for o in raw.backend.outputs} == {"raw_detection_boxes", "raw_detection_scores"}
         images = list(quantize.video_frames(HELD_OUT_FRAMES[::2]).values())
-        agreement = derived.match_boxes(person_boxes(ssdlite, images), person_boxes(raw, images))
+        agreement = derive.match_boxes(person_boxes(ssdlite, images), person_boxes(raw, images))
     finally:
         raw.close()
     # The same network and box coder; only the suppression moved out of the graph.
@@ -81,28 +82,28 @@ def _copy_build(source: Path, directory: Path) -> Path:
 def test_a_tampered_or_stale_build_is_refused_at_load(
     nanodet_int8_path: Path, models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(derived.DERIVED_ENV, str(tmp_path))
+    monkeypatch.setenv(locate.DERIVED_ENV, str(tmp_path))
     copy = _copy_build(nanodet_int8_path, tmp_path)
-    path, digest = derived.locate_model(NANODET_INT8, models_dir, build=False)
+    path, digest = locate.locate_model(NANODET_INT8, models_dir)
     assert path == copy and digest == sha256_file(nanodet_int8_path)
 
     record_path = copy.with_suffix(".json")
     record = json.loads(record_path.read_text())
-    assert record["base"] == "nanodet-m-416" and record["agreement"]["ratio"] >= derived.MIN_AGREEMENT
+    assert record["base"] == "nanodet-m-416" and record["agreement"]["ratio"] >= derive.MIN_AGREEMENT
 
     record_path.write_text(json.dumps({**record, "base_sha256": "0" * 64}))
     with pytest.raises(ModelVerificationError, match="was built from base 000000000000"):
-        derived.locate_model(NANODET_INT8, models_dir, build=False)
+        locate.locate_model(NANODET_INT8, models_dir)
 
     record_path.write_text(json.dumps(record))
     with copy.open("ab") as f:
         f.write(b"\0")
     with pytest.raises(ModelVerificationError, match=r"modified or corrupt.*fetch --force"):
-        derived.locate_model(NANODET_INT8, models_dir, build=False)
+        locate.locate_model(NANODET_INT8, models_dir)
 
     copy.unlink()
     with pytest.raises(ModelVerificationError, match=r"not built yet.*fetch --only nanodet-m-416-int8"):
-        derived.locate_model(NANODET_INT8, models_dir, build=False)
+        locate.locate_model(NANODET_INT8, models_dir)
 
 
 def test_fetch_builds_the_int8_model_reproducibly(
@@ -114,12 +115,12 @@ def test_fetch_builds_the_int8_model_reproducibly(
 ) -> None:
     """A fresh build (another cache directory) is byte-identical to the cached one. --force rebuilds the
     derived model only: the base it brings along is verified as it is, never converted again."""
-    monkeypatch.setenv(derived.DERIVED_ENV, str(tmp_path))
+    monkeypatch.setenv(locate.DERIVED_ENV, str(tmp_path))
     assert models_cli(["fetch", "--force", "--only", NANODET_INT8.name, "--dest", str(models_dir)]) == 0
     out = capsys.readouterr().out
     assert "nanodet-m-416 " in out and "ready copy" in out
     assert "built (int8 of nanodet-m-416)" in out
-    built = derived.cache_path(NANODET_INT8, sha256_file(models_dir / "nanodet-m-416.onnx"))
+    built = locate.cache_path(NANODET_INT8, sha256_file(models_dir / "nanodet-m-416.onnx"))
     assert built.parent == tmp_path
     assert sha256_file(built) == sha256_file(nanodet_int8_path)
     assert models_cli(["list", "--dest", str(models_dir)]) == 0
@@ -178,11 +179,11 @@ def test_cutting_at_a_tensor_the_graph_lacks_is_refused() -> None:
 def test_box_matching_is_one_to_one() -> None:
     a = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
     shifted = a + np.float32(1)  # IoU 81/119 = 0.68 each
-    agreement = derived.match_boxes([a, a], [shifted, shifted[:1]])
+    agreement = derive.match_boxes([a, a], [shifted, shifted[:1]])
     assert (agreement.matched, agreement.reference, agreement.extra) == (3, 4, 0)
     # Two candidates on one reference box: one matches, the other is extra.
-    agreement = derived.match_boxes([a[:1]], [np.concatenate([a[:1], shifted[:1]])])
+    agreement = derive.match_boxes([a[:1]], [np.concatenate([a[:1], shifted[:1]])])
     assert (agreement.matched, agreement.extra, agreement.mean_iou) == (1, 1, 1.0)
     # Nothing to find, nothing found; far-off boxes do not match.
-    assert derived.match_boxes([a[:0]], [a[:0]]).ratio == 1.0
-    assert derived.match_boxes([a], [a + np.float32(50)]).matched == 0
+    assert derive.match_boxes([a[:0]], [a[:0]]).ratio == 1.0
+    assert derive.match_boxes([a], [a + np.float32(50)]).matched == 0

@@ -15,12 +15,12 @@ import pytest
 
 from vap_inference.backends.base import TensorInfo
 from vap_inference.decoders import nanodet, ssdlite
-from vap_inference.errors import ModelVerificationError
-from vap_inference.models import derived
-from vap_inference.models.graph_fixes import replace_ssd_resize_loop
-from vap_inference.models.registry import NANODET, SSDLITE, SSDLITE_RAW
+from vap_inference.modelfiles import locate_model
 from vap_inference.preprocess import InputFormat, Layout, Preprocessor, area_factor
 from vap_inference.testing import bgr_to_planes, missing_model_reason, model_path, video_frames
+from vap_modelbuild.graph_fixes import replace_ssd_resize_loop
+from vap_models import ModelVerificationError
+from vap_models.catalogue import NANODET, SSDLITE, SSDLITE_RAW
 from vap_proto.v1.frame_pb2 import PixelFormat
 
 I420 = PixelFormat.PIXEL_FORMAT_I420
@@ -103,7 +103,7 @@ def test_the_fix_refuses_graphs_without_the_ssd_resize_loop() -> None:
 
 
 def test_derived_ssdlite_runs_no_loops(models_dir: Path) -> None:
-    path, _ = derived.locate_model(SSDLITE_RAW, models_dir)
+    path, _ = locate_model(SSDLITE_RAW, models_dir)
     graph = onnx.load(str(path)).graph
     assert "Loop" not in {n.op_type for n in graph.node}
     dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]

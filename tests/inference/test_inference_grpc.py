@@ -23,8 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vap_inference.grpc_api import InferenceApi, add_to_server
 from vap_inference.imageio import ImageError, header_size
 from vap_inference.manager import ModelManager
-from vap_inference.models.registry import NANODET, NANODET_INT8, SSDLITE
 from vap_inference.settings import InferenceSettings
+from vap_models.catalogue import NANODET, NANODET_INT8, SSDLITE
 from vap_proto.v1 import inference_pb2, inference_pb2_grpc
 
 

@@ -12,15 +12,19 @@ import pytest
 
 from vap_inference.backends.onnxruntime import OrtBackend
 from vap_inference.detector import Detector
-from vap_inference.errors import ModelVerificationError
-from vap_inference.models.__main__ import main as models_cli
-from vap_inference.models.fetch import fetch_all
-from vap_inference.models.registry import NANODET, SSDLITE, builtin
-from vap_inference.models.verify import conversion_record, sha256_file, verify_file, verify_model
+from vap_inference.modelfiles import OrtDetectorRuntime
+from vap_modelbuild.checks import verify_model
+from vap_modelbuild.fetch import fetch_all
+from vap_models import ModelVerificationError
+from vap_models.catalogue import NANODET, SSDLITE, builtin
+from vap_models.verify import conversion_record, sha256_file, verify_file
+from vap_stack.models import main as models_cli
+
+RUNTIME = OrtDetectorRuntime()
 
 
 def test_fetch_verifies_ready_copies(models_dir: Path) -> None:
-    results = fetch_all([NANODET.name, SSDLITE.name], models_dir)
+    results = fetch_all([NANODET.name, SSDLITE.name], models_dir, runtime=RUNTIME)
     assert [r.how for r in results] == ["ready copy", "ready copy"]
     # The reference conversion (../shared) or this machine's own conversion, known by its record.
     assert results[0].sha256 == sha256_file(models_dir / NANODET.filename)
@@ -67,14 +71,14 @@ def test_corrupt_file_gives_a_clear_error(tmp_path: Path, capsys: pytest.Capture
     with pytest.raises(ModelVerificationError, match=r"sha256 .* expected a4c29d541891.*fetch"):
         verify_file(NANODET, bad)
     with pytest.raises(ModelVerificationError, match="not a loadable ONNX model"):
-        verify_model(NANODET, bad, check_hash=False)
+        verify_model(NANODET, bad, RUNTIME, check_hash=False)
     # The CLI reports it and fails (it never overwrites a file it did not make without --force).
     assert models_cli(["fetch", "--only", NANODET.name, "--dest", str(tmp_path)]) == 1
     assert "expected a4c29d541891" in capsys.readouterr().err
 
 
 def test_missing_and_empty_files(tmp_path: Path) -> None:
-    with pytest.raises(ModelVerificationError, match=r"not found.*vap_inference\.models fetch"):
+    with pytest.raises(ModelVerificationError, match=r"not found.*vap_stack\.models fetch"):
         verify_file(NANODET, tmp_path / "nope.onnx")
     empty = tmp_path / "empty.onnx"
     empty.touch()
@@ -87,14 +91,14 @@ def test_a_model_of_the_wrong_family_is_refused(models_dir: Path, tmp_path: Path
     wrong = tmp_path / NANODET.filename
     shutil.copyfile(models_dir / SSDLITE.filename, wrong)
     with pytest.raises(ModelVerificationError, match="NanoDet input must be float32"):
-        verify_model(NANODET, wrong, check_hash=False)
+        verify_model(NANODET, wrong, RUNTIME, check_hash=False)
     with pytest.raises(ModelVerificationError, match="SSDLite expects one uint8"):
-        verify_model(SSDLITE, models_dir / NANODET.filename, check_hash=False)
+        verify_model(SSDLITE, models_dir / NANODET.filename, RUNTIME, check_hash=False)
     with pytest.raises(ModelVerificationError, match="YOLO"):
-        from vap_inference.models.registry import yolo_spec
+        from vap_models.catalogue import yolo_spec
 
         verify_model(
-            yolo_spec("x", models_dir / "mobilenetv2-embed-1280.onnx"), models_dir / NANODET.filename
+            yolo_spec("x", models_dir / "mobilenetv2-embed-1280.onnx"), models_dir / NANODET.filename, RUNTIME
         )
     assert builtin("mobilenetv2-embed-1280").kind.value == "embedder"
 

@@ -1,5 +1,5 @@
-"""The INT8 recipe's graph shaping (models/quantize.py): the rewrites give the float model's outputs, and the
-built model has the shape the speed depends on (image convolution in float, shared Concat ranges)."""
+"""The INT8 recipe's graph shaping (vap_modelbuild/quantize.py): the rewrites give the float model's outputs,
+and the built model has the shape the speed depends on (image convolution in float, shared Concat ranges)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from vap_inference.models import quantize
+from vap_modelbuild import quantize
 
 
 def _model(

@@ -16,11 +16,11 @@ from vap_inference.backends.onnxruntime import OrtBackend, with_free_spatial_dim
 from vap_inference.decoders import nanodet
 from vap_inference.detector import Detections, Detector
 from vap_inference.manager import ModelManager
-from vap_inference.models.derived import iou_matrix
-from vap_inference.models.registry import NANODET_INT8
 from vap_inference.preprocess import InputFormat, Layout, Preprocessor, input_size, plan_letterbox
 from vap_inference.settings import InferenceSettings
 from vap_inference.testing import bgr_to_planes, video_frames
+from vap_modelbuild.derive import iou_matrix
+from vap_models.catalogue import NANODET_INT8
 from vap_proto.v1.frame_pb2 import PixelFormat
 
 I420 = PixelFormat.PIXEL_FORMAT_I420

@@ -21,10 +21,10 @@ from nats.js import JetStreamContext
 from vap_common import subjects
 from vap_inference.detector import Detector
 from vap_inference.manager import ModelManager
-from vap_inference.models.registry import NANODET, SSDLITE
 from vap_inference.service import InferenceService
 from vap_inference.settings import InferenceSettings
 from vap_inference.testing import write_frame
+from vap_models.catalogue import NANODET, SSDLITE
 from vap_proto.v1 import detection_pb2, scenario_pb2
 from vap_proto.v1.frame_pb2 import FrameRef, PixelFormat
 from vap_shmring import RingWriter

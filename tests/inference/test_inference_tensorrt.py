@@ -97,9 +97,9 @@ def test_tensorrt_engine_builds_caches_and_matches_onnxruntime(models_dir: Path,
         pytest.skip(f"TensorRT test needs an NVIDIA GPU: {reason}")
     from vap_inference.backends.onnxruntime import OrtBackend
     from vap_inference.detector import Detector
-    from vap_inference.models.registry import NANODET, SSDLITE
-    from vap_inference.models.verify import sha256_file
     from vap_inference.testing import video_frames
+    from vap_models.catalogue import NANODET, SSDLITE
+    from vap_models.verify import sha256_file
 
     frame = video_frames((200,))[200]
     path = models_dir / NANODET.filename

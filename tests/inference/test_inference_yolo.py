@@ -14,8 +14,8 @@ from vap_inference.backends.base import TensorInfo
 from vap_inference.backends.onnxruntime import OrtBackend
 from vap_inference.decoders import yolo
 from vap_inference.detector import Detector
-from vap_inference.errors import ModelVerificationError
-from vap_inference.models.registry import yolo_spec
+from vap_models import ModelVerificationError
+from vap_models.catalogue import yolo_spec
 
 
 def test_decode_synthetic_output() -> None:

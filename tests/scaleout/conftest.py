@@ -19,7 +19,7 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedN
 
 @pytest.fixture(scope="module")
 def models_available() -> None:
-    registry = pytest.importorskip("vap_inference.models.registry")
+    registry = pytest.importorskip("vap_models.catalogue")
     from vap_inference.testing import missing_model_reason
 
     if reason := missing_model_reason(registry.SSDLITE):

@@ -57,7 +57,7 @@ LINES = [
 def stack(
     nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    registry = pytest.importorskip("vap_inference.models.registry")
+    registry = pytest.importorskip("vap_models.catalogue")
     from vap_inference.testing import missing_model_reason
 
     if reason := missing_model_reason(registry.SSDLITE):

@@ -15,9 +15,9 @@ import pytest
 from vap_common.paths import sample_video
 from vap_inference.backends.onnxruntime import OrtBackend
 from vap_inference.detector import Detector
-from vap_inference.models.packaged import GENDER_V1, PackagedFile, cache_dir, ensure
-from vap_inference.models.registry import NANODET
 from vap_inference.testing import missing_model_reason, model_path
+from vap_models.catalogue import NANODET
+from vap_models.packaged import GENDER_V1, PackagedFile, cache_dir, ensure
 from vap_proto.v1 import detection_pb2, frame_pb2, tracking_pb2
 from vap_shmring import ReaderPool, RingWriter
 from vap_shmring.images import ArrayFrame

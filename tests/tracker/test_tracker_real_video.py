@@ -20,8 +20,8 @@ pytest.importorskip("vap_inference")
 from vap_common.paths import sample_video  # noqa: E402
 from vap_inference.backends.onnxruntime import OrtBackend  # noqa: E402
 from vap_inference.detector import Detector  # noqa: E402
-from vap_inference.models.registry import SSDLITE  # noqa: E402
 from vap_inference.testing import missing_model_reason, model_path  # noqa: E402
+from vap_models.catalogue import SSDLITE  # noqa: E402
 
 STEP = 5  # 25 fps video -> 5 fps, the demo's camera rate
 CONFIDENCE = 0.4  # the demo's detector confidence (examples/site.yaml)

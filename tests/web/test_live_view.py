@@ -63,8 +63,8 @@ def _snapshot(browser: Any, css: str, attribute: str = "") -> list[str]:
 def stack(
     nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    from vap_inference.models import registry
     from vap_inference.testing import missing_model_reason
+    from vap_models import catalogue as registry
 
     if reason := missing_model_reason(registry.SSDLITE):
         pytest.skip(reason)

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
-from vap_inference.models.derived import iou_matrix as box_ious
+from vap_modelbuild.derive import iou_matrix as box_ious
 
 F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]

@@ -18,9 +18,9 @@ import numpy.typing as npt
 
 from vap_inference.backends.onnxruntime import OrtBackend
 from vap_inference.detector import Detector
-from vap_inference.models.registry import NANODET
 from vap_inference.nms import class_aware_nms
 from vap_inference.testing import model_path
+from vap_models.catalogue import NANODET
 
 F32 = npt.NDArray[np.float32]
 THRESHOLD = 0.3

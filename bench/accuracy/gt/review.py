@@ -28,7 +28,7 @@ import numpy.typing as npt
 import yaml
 
 from bench.accuracy.gt.motfile import GtBox
-from vap_inference.models.derived import iou_matrix
+from vap_modelbuild.derive import iou_matrix
 
 Box = tuple[float, float, float, float]
 MAX_KEYFRAME_GAP = 20  # hand keyframes this close are one drawn path, interpolated between

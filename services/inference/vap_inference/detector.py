@@ -22,10 +22,9 @@ from vap_common.logs import get_logger
 from vap_inference import decoders
 from vap_inference.backends.base import Backend, BackendError
 from vap_inference.decoders.base import Outputs
-from vap_inference.errors import ModelVerificationError
-from vap_inference.models.registry import ModelSpec
 from vap_inference.nms import class_aware_nms
 from vap_inference.preprocess import Letterbox, Preprocessor
+from vap_models import ModelSpec, ModelVerificationError
 from vap_proto.v1 import detection_pb2, inference_pb2
 
 _log = get_logger("vap.inference.detector")

@@ -1,15 +1,13 @@
-"""Errors of the inference service; messages are written for the operator who has to fix the cause."""
+"""Errors of the inference service; messages are written for the operator who has to fix the cause.
+
+A model file that does not fit its spec raises the model library's ``vap_models.ModelVerificationError``.
+"""
 
 from __future__ import annotations
 
 
 class InferenceError(Exception):
     """Base of the errors below."""
-
-
-class ModelVerificationError(InferenceError):
-    """A model file that does not fit its spec: missing, corrupt, wrong hash, wrong inputs/outputs, or a
-    probe inference that failed or gave outputs of the wrong shape."""
 
 
 class UnknownModelError(InferenceError, KeyError):

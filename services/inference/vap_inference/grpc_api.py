@@ -19,6 +19,7 @@ from vap_inference.errors import InferenceError, UnknownModelError
 from vap_inference.imageio import ImageError, decode_bgr, header_size
 from vap_inference.manager import ModelManager
 from vap_inference.settings import InferenceSettings
+from vap_models import ModelVerificationError
 from vap_proto.v1 import detection_pb2, inference_pb2, inference_pb2_grpc
 
 # A string: grpc.aio.ServicerContext is generic only in the type stubs.
@@ -74,7 +75,7 @@ class InferenceApi(inference_pb2_grpc.InferenceServiceServicer):
         async with self._slots:
             try:
                 detector = await loop.run_in_executor(self._executor, self.manager.get, name)
-            except (InferenceError, BackendError) as exc:
+            except (InferenceError, ModelVerificationError, BackendError) as exc:
                 await self._abort(
                     context, grpc.StatusCode.FAILED_PRECONDITION, f"model {name!r} cannot run: {exc}"
                 )

@@ -15,11 +15,11 @@ from vap_inference import decoders
 from vap_inference.backends.base import Backend, BackendError
 from vap_inference.backends.onnxruntime import OrtBackend
 from vap_inference.detector import Detector
-from vap_inference.errors import ModelVerificationError, UnknownModelError
-from vap_inference.models.derived import locate_model
-from vap_inference.models.registry import BUILTIN_MODELS, ModelKind, ModelSpec, yolo_spec
+from vap_inference.errors import UnknownModelError
+from vap_inference.modelfiles import locate_model
 from vap_inference.preprocess import Layout
 from vap_inference.settings import InferenceSettings
+from vap_models import BUILTIN_MODELS, ModelKind, ModelSpec, ModelVerificationError, yolo_spec
 from vap_proto.v1 import inference_pb2
 
 _log = get_logger("vap.inference.models")
@@ -77,7 +77,7 @@ class ModelManager:
 
     def _load(self, spec: ModelSpec) -> Detector:
         # Shipped/user models from the models directory; derived ones (INT8) from their cache, built there
-        # on a miss (models/derived.py).
+        # on a miss (modelfiles.py).
         path, sha = locate_model(spec, self.models_dir)
         s = self.settings
         ort_backend = self._ort(path, flexible_input=spec.rect_stride > 0 and s.rect_input)
@@ -121,14 +121,11 @@ class ModelManager:
             raise
 
     def _ort(self, path: Path, *, flexible_input: bool) -> OrtBackend:
-        import onnxruntime as ort
-
         s = self.settings
-        use_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
         return OrtBackend(
             path,
             threads=s.threads,
-            use_cuda=use_cuda,
+            use_cuda=True,  # when this onnxruntime build has it (vap_models.session picks the providers)
             batch_cap=s.max_batch,
             spin=s.spin,
             flexible_input=flexible_input,

@@ -42,6 +42,7 @@ from vap_inference.errors import InferenceError, UnknownModelError
 from vap_inference.manager import ModelManager
 from vap_inference.preprocess import Letterbox
 from vap_inference.settings import InferenceSettings
+from vap_models import ModelVerificationError
 from vap_proto.v1 import detection_pb2, frame_pb2, scenario_pb2
 from vap_shmring import ReaderPool, ShmRingError, StaleGenerationError
 
@@ -205,7 +206,7 @@ class InferenceService:
                         if lane:
                             detector = detector.lane()
                         batcher.max_batch = min(self.settings.max_batch, detector.max_batch)
-                    except (InferenceError, BackendError) as exc:
+                    except (InferenceError, ModelVerificationError, BackendError) as exc:
                         _log.error("model unavailable", model=model, error=str(exc))
                         next_load = time.monotonic() + RELOAD_AFTER_S
                 batch, stale = await batcher.next_batch()

@@ -10,7 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from vap_common.paths import models_dir
 from vap_common.settings import ServiceSettings
-from vap_inference.models.registry import DEFAULT_MODEL
+from vap_models import DEFAULT_MODEL
 
 
 class UserModel(BaseModel):
@@ -34,7 +34,7 @@ class InferenceSettings(ServiceSettings):
     # More models to load at start (others load on first use).
     preload: list[str] = Field(default_factory=list)
     user_models: list[UserModel] = Field(default_factory=list)
-    # None = $VAP_MODELS_DIR, else ~/.cache/vap/models (where `python -m vap_inference.models fetch` caches).
+    # None = $VAP_MODELS_DIR, else ~/.cache/vap/models (where `python -m vap_stack.models fetch` caches).
     models_dir: Path | None = None
 
     # auto: TensorRT when tensorrt + pycuda import and a CUDA device exists, else ONNX Runtime (with its

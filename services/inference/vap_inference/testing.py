@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vap_common.paths import models_dir, sample_video
-from vap_inference.models.registry import ModelSpec
+from vap_models import ModelSpec
 from vap_proto.v1.frame_pb2 import FrameRef, PixelFormat
 from vap_shmring import RingWriter
 
@@ -28,7 +28,7 @@ def missing_model_reason(spec: ModelSpec) -> str | None:
         return None
     return (
         f"model file {path} is absent: set VAP_MODELS_DIR to a directory with the ready copies "
-        "(e.g. ../shared/models) or run `python -m vap_inference.models fetch`"
+        "(e.g. ../shared/models) or run `python -m vap_stack.models fetch`"
     )
 
 

@@ -17,7 +17,7 @@ from vap_common.bus import NatsBus
 from vap_common.embedded import service_endpoints
 from vap_common.runtime import ServiceRuntime
 from vap_common.settings import SettingsError
-from vap_inference.models.packaged import PackagedModelError
+from vap_models import PackagedModelError
 from vap_tracker.attributes.classifier import ClassifierLoadError
 from vap_tracker.service import TrackerService
 from vap_tracker.settings import TrackerServiceSettings

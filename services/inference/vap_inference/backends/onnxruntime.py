@@ -1,13 +1,10 @@
 """ONNX Runtime backend: the CPU execution provider (the 2-core target), CUDA when onnxruntime-gpu is there.
 
-Threads: ``intra_op_num_threads`` is the knob that matters for these small convolutional models (one
-operator at a time, parallel inside it); inter-op parallelism only adds scheduling cost, so it stays 1
-and the graph runs sequentially.
-
-Spinning: by default ONNX Runtime's pool threads busy-wait between operators. That wins a little on an
-idle machine, but on the 2-core target the decoders, the tracker and this service share the cores, and
-spinning threads then take CPU from the very work they wait for: NanoDet measured 150-185 ms per frame
-spinning against 65-85 ms not spinning with other processes busy (load 4-5). Off unless ``spin=True``.
+The session comes from the model library's factory (vap_models.session: threads, sequential graph,
+``ORT_ENABLE_ALL``, provider choice). Spinning: by default ONNX Runtime's pool threads busy-wait between
+operators; on the 2-core target the decoders, the tracker and this service share the cores, and spinning
+threads then take CPU from the very work they wait for: NanoDet measured 150-185 ms per frame spinning
+against 65-85 ms not spinning with other processes busy (load 4-5). Off unless ``spin=True``.
 """
 
 from __future__ import annotations
@@ -18,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vap_inference.backends.base import BackendError, Dim, TensorInfo
+from vap_models.session import open_session
 from vap_proto.v1 import detection_pb2, inference_pb2
 
 # ONNX element type strings as onnxruntime reports them.
@@ -41,12 +39,6 @@ def _info(arg: object) -> TensorInfo:
     if type_name not in _DTYPES:
         raise BackendError(f"tensor {name!r} has unsupported element type {type_name}")
     return TensorInfo(name, shape, np.dtype(_DTYPES[type_name]))
-
-
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
 
 
 def with_free_spatial_dims(path: Path) -> bytes:
@@ -83,23 +75,13 @@ class OrtBackend:
         spin: bool = False,
         flexible_input: bool = False,
     ) -> None:
-        """``flexible_input``: load with the image input's height and width free (with_free_spatial_dims)."""
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(0, threads)  # 0 = onnxruntime's default (all cores)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only: TF-converted graphs warn about unused initialisers
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        providers = ["CPUExecutionProvider"]
-        if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        """``threads``: intra-op threads, 0 = onnxruntime's default (all cores). ``flexible_input``: load with
+        the image input's height and width free (with_free_spatial_dims)."""
         try:
-            source: str | bytes = with_free_spatial_dims(path) if flexible_input else str(path)
-            self._session = ort.InferenceSession(source, options, providers=providers)
+            source: Path | bytes = with_free_spatial_dims(path) if flexible_input else path
+            self._session = open_session(
+                source, threads=threads, accelerator="cuda" if use_cuda else "cpu", spin=spin, quiet=True
+            )
         except BackendError:
             raise
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types

@@ -9,9 +9,8 @@ from __future__ import annotations
 from vap_inference.backends.base import TensorInfo
 from vap_inference.decoders import nanodet, ssdlite, yolo
 from vap_inference.decoders.base import Decoder, RawDetections
-from vap_inference.errors import ModelVerificationError
-from vap_inference.models.registry import ModelSpec
 from vap_inference.preprocess import InputFormat
+from vap_models import ModelSpec, ModelVerificationError
 from vap_proto.v1 import inference_pb2
 
 __all__ = ["Decoder", "RawDetections", "bind"]

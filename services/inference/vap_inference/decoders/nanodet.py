@@ -17,8 +17,8 @@ import numpy as np
 
 from vap_inference.backends.base import TensorInfo
 from vap_inference.decoders.base import F32, I64, Outputs, RawDetections, best_class
-from vap_inference.errors import ModelVerificationError
 from vap_inference.preprocess import InputFormat, Layout
+from vap_models import ModelVerificationError
 
 STRIDES = (8, 16, 32, 64)
 # BGR, letterboxed with 0, normalised per channel (README: NanoDet-m 416 facts).

@@ -4,8 +4,8 @@
 RGB uint8; we hand it the frame already stretched to 300x300 (what the graph would do anyway, but from a
 much smaller image).
 
-The same graph with its NMS subgraph cut off (``ssdlite-mbv2-person-300-raw``, models/graph_fixes.py) has
-``raw_detection_boxes`` [N,A,4] (ymin, xmin, ymax, xmax in 0..1, already decoded from the anchors by the
+The same graph with its NMS subgraph cut off (``ssdlite-mbv2-person-300-raw``, vap_modelbuild/graph_fixes.py)
+has ``raw_detection_boxes`` [N,A,4] (ymin, xmin, ymax, xmax in 0..1, already decoded from the anchors by the
 graph) and ``raw_detection_scores`` [N,A,1+C] (sigmoid, background first) for every anchor A:
 ``SsdLiteRawDecoder`` thresholds those and leaves the suppression to VAP's class-aware NMS. That build also
 drops the graph's per-image resize Loop (a no-op for 300x300 input) and so takes exactly [N, 300, 300, 3].
@@ -19,8 +19,8 @@ import numpy as np
 
 from vap_inference.backends.base import TensorInfo
 from vap_inference.decoders.base import I64, Outputs, RawDetections, best_class
-from vap_inference.errors import ModelVerificationError
 from vap_inference.preprocess import InputFormat, Layout
+from vap_models import ModelVerificationError
 
 _NAMES = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
 _RAW_NAMES = ("raw_detection_boxes", "raw_detection_scores")

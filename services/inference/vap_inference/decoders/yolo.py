@@ -13,9 +13,9 @@ import numpy as np
 
 from vap_inference.backends.base import TensorInfo
 from vap_inference.decoders.base import I64, Outputs, RawDetections, best_class
-from vap_inference.errors import ModelVerificationError
-from vap_inference.labels import COCO80
 from vap_inference.preprocess import InputFormat, Layout
+from vap_models import ModelVerificationError
+from vap_models.labels import COCO80
 
 DEFAULT_SIZE = 640
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vap_inference.models.packaged import AGE_V1, FACE_LANDMARKS_5, GENDER_V1, ensure
+from vap_models.packaged import AGE_V1, FACE_LANDMARKS_5, GENDER_V1, ensure
 from vap_tracker.attributes.classifier import ClassifierConfig
 from vap_tracker.attributes.settings import BUILTIN_NAMES
 

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from vap_models.session import open_session
+
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
 
@@ -58,20 +60,13 @@ class OnnxClassifier:
     """Thread-compatible: one worker thread calls ``probabilities``."""
 
     def __init__(self, config: ClassifierConfig, threads: int = 1) -> None:
-        import onnxruntime as ort
-
         self.config = cfg = config
         if not cfg.output_labels:
             raise _error(cfg, "no labels configured")
         if not cfg.path.is_file():
             raise _error(cfg, "no such file")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
         try:
-            self._session: Any = ort.InferenceSession(
-                str(cfg.path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            self._session: Any = open_session(cfg.path, threads=threads)
         except Exception as exc:  # onnxruntime raises its own types for every kind of bad file
             raise _error(cfg, f"not a loadable ONNX model: {str(exc)[:300]}") from exc
         self._check_signature()

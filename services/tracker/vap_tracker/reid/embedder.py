@@ -25,11 +25,13 @@ import numpy.typing as npt
 
 from vap_common.logs import get_logger
 from vap_common.paths import models_dir
+from vap_models.catalogue import EMBEDDER
+from vap_models.session import open_session
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
 
-MODEL_FILE = "mobilenetv2-embed-1280.onnx"
+MODEL_FILE = EMBEDDER.filename  # mobilenetv2-embed-1280.onnx, from the model catalogue
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
 _log = get_logger("vap.tracker.reid")
@@ -82,13 +84,8 @@ class OnnxEmbedder:
     default_threshold = 0.85
 
     def __init__(self, path: Path, *, threads: int = 1, max_batch: int = 8) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
         # One thread by default: the embedding worker must not take the cores inference runs on.
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self._session: Any = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._session: Any = open_session(path, threads=threads)
         self._input = self._session.get_inputs()[0].name
         self._max_batch = max_batch
 

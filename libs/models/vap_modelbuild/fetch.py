@@ -17,7 +17,10 @@ files from DIR. A converted file must pass the signature and probe checks; a sha
 reference conversion is reported (converters are not always bit-reproducible) but not fatal.
 
 Derived models (``nanodet-m-416-int8``) are built from their base model after it is fetched, into the
-derived-model cache keyed by the base file's sha256 (models/derived.py); ``--force`` builds them again.
+derived-model cache keyed by the base file's sha256 (derive.py); ``--force`` builds them again.
+
+Checking a detector and building a derived one run it as the inference service does: the caller passes
+that service's ``DetectorRuntime`` (checks.py).
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vap_common.logs import get_logger
-from vap_inference.errors import ModelVerificationError
-from vap_inference.models import derived
-from vap_inference.models.registry import BUILTIN_MODELS, EMBEDDER, NANODET, SSDLITE, ModelSpec
-from vap_inference.models.verify import conversion_record, recorded_sha256, verify_file, verify_model
+from vap_modelbuild import derive
+from vap_modelbuild.checks import DetectorRuntime, verify_model
+from vap_models import locate
+from vap_models.catalogue import BUILTIN_MODELS, EMBEDDER, NANODET, SSDLITE, ModelSpec
+from vap_models.verify import ModelVerificationError, conversion_record, recorded_sha256, verify_file
 
-_log = get_logger("vap.inference.fetch")
+_log = get_logger("vap.modelbuild.fetch")
 
 TF_REQUIREMENTS = ("tensorflow-cpu==2.15.1", "tf2onnx==1.16.1", "numpy<2", "protobuf<4.22")
 TORCH_REQUIREMENTS = ("torch==2.13.0", "numpy<2.3", "onnx")
@@ -97,9 +101,18 @@ class _Venv:
 
 
 class Fetcher:
-    def __init__(self, dest: Path, work: Path, *, source: Path | None = None, force: bool = False) -> None:
+    def __init__(
+        self,
+        dest: Path,
+        work: Path,
+        runtime: DetectorRuntime,
+        *,
+        source: Path | None = None,
+        force: bool = False,
+    ) -> None:
         self.dest = dest
         self.work = work
+        self.runtime = runtime
         self.source = source
         self.force = force
         self._tf = _Venv(work / "venv-tf", TF_REQUIREMENTS)
@@ -117,11 +130,11 @@ class Fetcher:
         target = self.dest / spec.filename
         if target.exists() and not self.force:
             # A ready copy (e.g. $VAP_MODELS_DIR in CI): verify, never overwrite silently.
-            digest = verify_model(spec, target)
+            digest = verify_model(spec, target, self.runtime)
             return FetchResult(spec.name, target, digest, "ready copy", time.monotonic() - started)
         if self.source is not None:
             candidate = self.source / spec.filename
-            digest = verify_model(spec, candidate)
+            digest = verify_model(spec, candidate, self.runtime)
             self._install(candidate, target, copy=True)
             if recorded_sha256(candidate) == digest:  # a conversion made here: its record goes along
                 self._record(target, digest, f"copied from {self.source}")
@@ -131,7 +144,7 @@ class Fetcher:
         step_dir = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=self.work))
         out = step_dir / spec.filename
         self._recipes[spec.name](out)
-        digest = verify_model(spec, out, check_hash=False)
+        digest = verify_model(spec, out, self.runtime, check_hash=False)
         note = ""
         if spec.sha256_prefix and not digest.startswith(spec.sha256_prefix):
             note = (
@@ -144,25 +157,25 @@ class Fetcher:
         return FetchResult(spec.name, target, digest, "converted", time.monotonic() - started, note)
 
     def _derive(self, spec: ModelSpec, started: float) -> FetchResult:
-        """A derived model (models/derived.py), built from its base in ``dest`` (fetched before it)."""
-        base = derived.base_spec(spec)
+        """A derived model (derive.py), built from its base in ``dest`` (fetched before it)."""
+        base = locate.base_spec(spec)
         base_sha = verify_file(base, base.resolve_path(self.dest), check_hash=False)
-        target = derived.cache_path(spec, base_sha)
+        target = locate.cache_path(spec, base_sha)
         how = "cached"
         if self.force or not target.exists():
-            derived.build_derived(spec, base.resolve_path(self.dest), base_sha, target)
+            derive.build_derived(spec, base.resolve_path(self.dest), base_sha, target, self.runtime)
             how = f"built ({spec.recipe} of {base.name})"
-        path, digest = derived.locate_model(spec, self.dest, build=False)
-        verify_model(spec, path, check_hash=False)
+        path, digest = locate.locate_model(spec, self.dest)
+        verify_model(spec, path, self.runtime, check_hash=False)
         return FetchResult(spec.name, path, digest, how, time.monotonic() - started)
 
     @staticmethod
     def _record(target: Path, digest: str, how: str) -> None:
-        """Note the checked file's sha256 beside it (verify.recorded_sha256), so that later fetches and loads
-        accept this conversion although it differs from the reference bytes."""
+        """Note the checked file's sha256 beside it (vap_models.verify.recorded_sha256), so that later
+        fetches and loads accept this conversion although it differs from the reference bytes."""
         record = conversion_record(target)
         tmp = record.with_name(f".{record.name}.tmp")
-        tmp.write_text(f"{digest}  {target.name}  {how} by vap_inference.models.fetch\n")
+        tmp.write_text(f"{digest}  {target.name}  {how} by vap_modelbuild.fetch\n")
         tmp.replace(record)
 
     def _install(self, src: Path, target: Path, *, copy: bool) -> None:
@@ -281,7 +294,7 @@ def status(spec: ModelSpec, dest: Path) -> str:
     """One word or phrase for `list`: present (hash ok), missing, or what is wrong (no inference run)."""
     if spec.base:
         try:
-            path, digest = derived.locate_model(spec, dest, build=False)
+            path, digest = locate.locate_model(spec, dest)
         except ModelVerificationError:
             return f"not built (fetch builds it from {spec.base}, or the service at first load)"
         return f"built, sha256 {digest[:12]} ({path})"
@@ -301,6 +314,7 @@ def fetch_all(
     names: Sequence[str] | None,
     dest: Path,
     *,
+    runtime: DetectorRuntime,
     source: Path | None = None,
     work: Path | None = None,
     force: bool = False,
@@ -315,10 +329,10 @@ def fetch_all(
     work_dir = Path(tempfile.mkdtemp(prefix="vap-model-fetch-")) if work is None else work
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        fetcher = Fetcher(dest, work_dir, source=source, force=force)
+        fetcher = Fetcher(dest, work_dir, runtime, source=source, force=force)
         # A base fetched only because a derived model needs it is never converted again by --force.
         implicit = wanted - set(names or ())
-        as_is = Fetcher(dest, work_dir, source=source, force=False) if implicit else fetcher
+        as_is = Fetcher(dest, work_dir, runtime, source=source, force=False) if implicit else fetcher
         return [(as_is if spec.name in implicit else fetcher).fetch(spec) for spec in specs]
     finally:
         if own_work:

