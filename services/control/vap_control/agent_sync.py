@@ -224,27 +224,20 @@ async def apply_status(
     placed on another agent now (moved away while it was silent: they must be stopped there)."""
     appeared = not await repo.agent_alive(conn, status.agent_id, agent_timeout_s=agent_timeout_s)
     if appeared:
-        await conn.execute(
-            "UPDATE outbox SET next_attempt_at = now() WHERE state = 'pending' AND kind = %s"
-            " AND agent_id IS NULL AND next_attempt_at > now()",
-            (outbox_repo.START,),
-        )
+        await outbox_repo.make_waiting_starts_due(conn)
     await nodes_repo.record_agent(conn, status)
     listed = {ch.channel_id: ch for ch in status.channels}
     # Scenarios placed on this agent long enough that a heartbeat must list them.
-    cur = await conn.execute(
-        "SELECT w.scenario_id FROM workers w JOIN scenarios s ON s.id = w.scenario_id"
-        " WHERE w.agent_id = %s AND s.status = ANY(%s) ORDER BY w.scenario_id",
-        (
-            status.agent_id,
-            [
-                int(lifecycle.IN_STARTUP_PROCESSING),
-                int(lifecycle.ACTIVE),
-                int(lifecycle.IN_SHUTDOWN_PROCESSING),
-            ],
-        ),
+    placed = await nodes_repo.scenarios_on_agent(
+        conn,
+        status.agent_id,
+        statuses=[
+            int(lifecycle.IN_STARTUP_PROCESSING),
+            int(lifecycle.ACTIVE),
+            int(lifecycle.IN_SHUTDOWN_PROCESSING),
+        ],
     )
-    for (scenario_id,) in await cur.fetchall():
+    for scenario_id in placed:
         scenario = await repo.get(conn, scenario_id, lock=True)
         if scenario is None or scenario.agent_id != status.agent_id:
             continue
@@ -278,12 +271,7 @@ async def _placed_elsewhere(conn: Conn, status: agent_pb2.AgentStatus) -> list[s
     running = [ch.channel_id for ch in status.channels if ch.channel_id and not _process_gone(ch)]
     if not running:
         return []
-    cur = await conn.execute(
-        "SELECT s.channel_id FROM scenarios s JOIN workers w ON w.scenario_id = s.id"
-        " WHERE s.channel_id = ANY(%s) AND w.agent_id <> %s ORDER BY s.channel_id",
-        (running, status.agent_id),
-    )
-    return [str(r[0]) for r in await cur.fetchall()]
+    return await nodes_repo.channels_placed_elsewhere(conn, running, agent_id=status.agent_id)
 
 
 async def _assigned_before(
@@ -292,12 +280,9 @@ async def _assigned_before(
     # A heartbeat assembled just before the agent took the channel must not count as "lost it", even when we
     # handle it late (a busy control plane): the report must also be made well after the placement.
     made = status.report_time.ToDatetime(UTC) if status.HasField("report_time") else None
-    cur = await conn.execute(
-        "SELECT 1 FROM workers WHERE scenario_id = %s AND update_time < now() - make_interval(secs => %s)"
-        " AND (%s::timestamptz IS NULL OR update_time < %s::timestamptz - make_interval(secs => %s))",
-        (scenario_id, seconds, made, made, min(seconds, 1.0)),
+    return await repo.placed_before(
+        conn, scenario_id, seconds=seconds, reported=made, margin_s=min(seconds, 1.0)
     )
-    return await cur.fetchone() is not None
 
 
 async def reconcile_dead_agents(conn: Conn, settings: ControlSettings) -> int:

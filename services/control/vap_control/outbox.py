@@ -39,8 +39,6 @@ from vap_proto.v1 import agent_pb2
 
 _log = get_logger("vap.control.outbox")
 
-NOTIFY_CHANNEL = "vap_outbox"
-
 
 @dataclass(slots=True)
 class _Delivery:
@@ -91,7 +89,7 @@ class OutboxRelay:
         while True:
             try:
                 async with await AsyncConnection.connect(self._dsn, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}".encode())
+                    await outbox_repo.listen(conn)
                     self._wake.set()  # rows inserted while we were not listening
                     async for _ in conn.notifies():
                         self._wake.set()

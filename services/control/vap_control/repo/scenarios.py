@@ -197,6 +197,11 @@ async def list_for_channels(
         return await cur.fetchall()
 
 
+async def all_ids(conn: Conn) -> list[uuid.UUID]:
+    cur = await conn.execute("SELECT id FROM scenarios")
+    return [r[0] for r in await cur.fetchall()]
+
+
 async def status_counts(conn: Conn) -> dict[int, int]:
     cur = await conn.execute("SELECT status, count(*) FROM scenarios GROUP BY status")
     return {int(status): int(n) for status, n in await cur.fetchall()}
@@ -370,6 +375,19 @@ async def update_worker(
         " AND (pid, ring) IS DISTINCT FROM (%s, coalesce(%s, ring))",
         (pid, ring or None, start_time, scenario_id, agent_id, pid, ring or None),
     )
+
+
+async def placed_before(
+    conn: Conn, scenario_id: uuid.UUID, *, seconds: float, reported: datetime | None, margin_s: float
+) -> bool:
+    """Whether the scenario's placement is older than ``seconds`` now and, when ``reported`` is given, older
+    than ``margin_s`` at that time too."""
+    cur = await conn.execute(
+        "SELECT 1 FROM workers WHERE scenario_id = %s AND update_time < now() - make_interval(secs => %s)"
+        " AND (%s::timestamptz IS NULL OR update_time < %s::timestamptz - make_interval(secs => %s))",
+        (scenario_id, seconds, reported, reported, margin_s),
+    )
+    return await cur.fetchone() is not None
 
 
 async def release_worker(conn: Conn, scenario_id: uuid.UUID) -> None:
