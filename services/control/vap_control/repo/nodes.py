@@ -10,12 +10,12 @@ from datetime import datetime
 
 from psycopg.types.json import Jsonb
 
-from vap_control import lifecycle
+from vap_control import status
 from vap_control.repo.scenarios import Conn
 from vap_proto.v1 import agent_pb2
 
 # Scenarios with a decoder process that placement may have to move.
-_MOVABLE = [int(lifecycle.IN_STARTUP_PROCESSING), int(lifecycle.ACTIVE)]
+_MOVABLE = sorted(int(s) for s in status.MOVABLE)
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from psycopg.rows import TupleRow, class_row
 from psycopg.types.json import Jsonb
 
 from vap_common.redact import redact_text, redact_url
-from vap_control import lifecycle
+from vap_control import lifecycle, status
 from vap_proto.v1 import health_pb2, scenario_pb2
 
 Conn = AsyncConnection[TupleRow]
@@ -267,18 +267,26 @@ async def delete(conn: Conn, scenario_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM scenarios WHERE id = %s", (scenario_id,))
 
 
-async def apply_path(
+async def apply_change(conn: Conn, row: ScenarioRow, change: status.Change) -> None:
+    """Apply a decision of ``vap_control.status`` to a locked scenario; ``row`` is updated in place."""
+    if change.path:
+        await _apply_path(conn, row, change.path, change.reason or "", clear_health=change.starts)
+    elif change.reason is not None:
+        await _set_reason(conn, row.id, change.reason)
+    if change.release:
+        await release_worker(conn, row.id)
+
+
+async def _apply_path(
     conn: Conn,
     row: ScenarioRow,
     path: Sequence[Status],
-    reason: str = "",
+    reason: str,
     *,
-    clear_health: bool = False,
+    clear_health: bool,
 ) -> None:
     """Move a locked scenario through ``path`` (each step checked against the lifecycle table), recording
-    every step. ``row`` is updated in place. ``reason`` becomes status_reason (already redacted)."""
-    if not path:
-        return
+    every step. ``reason`` becomes status_reason (already redacted)."""
     current = row.status_value
     for target in path:
         lifecycle.check(current, target)
@@ -300,28 +308,7 @@ async def apply_path(
         row.health = None
 
 
-async def advance(
-    conn: Conn,
-    row: ScenarioRow,
-    target: Status,
-    chain: Sequence[Status],
-    reason: str = "",
-) -> bool:
-    """Walk a locked scenario along ``chain`` up to ``target``; False (nothing done) for a stale event."""
-    path = lifecycle.walk(row.status_value, target, chain)
-    await apply_path(conn, row, path, reason)
-    return bool(path)
-
-
-async def fail(conn: Conn, row: ScenarioRow, reason: str) -> bool:
-    """Move a locked scenario to FAILED unless it is INACTIVE or FAILED already."""
-    if not lifecycle.is_legal(row.status_value, lifecycle.FAILED):
-        return False
-    await apply_path(conn, row, [lifecycle.FAILED], reason)
-    return True
-
-
-async def set_reason(conn: Conn, scenario_id: uuid.UUID, reason: str) -> None:
+async def _set_reason(conn: Conn, scenario_id: uuid.UUID, reason: str) -> None:
     await conn.execute(
         "UPDATE scenarios SET status_reason = %s WHERE id = %s AND status_reason IS DISTINCT FROM %s",
         (reason, scenario_id, reason),
