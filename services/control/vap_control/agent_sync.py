@@ -14,13 +14,9 @@ transaction under the scenario's row lock):
 A periodic reconcile moves the scenarios of agents that stopped reporting (only after we have been connected
 to NATS long enough to have heard them) and of drained nodes to other nodes (``placement``).
 
-How replies move scenarios (walks only go forward along their chain, so a stale reply changes nothing):
-
-    start OK            -> IN_STARTUP_PROCESSING, and ACTIVE at once when the reply carries a pid
-    start MAX_WORKERS   -> placed on another live agent with room, else FAILED ("no decoder capacity")
-    start UNAVAILABLE   -> placed again (the agent is shutting down)
-    start other codes   -> FAILED with the agent's message
-    stop OK / NOT_FOUND -> IN_SHUTDOWN_PROCESSING, and INACTIVE once no process is left
+What each input does to a scenario's status is decided by ``status`` (start/stop replies, health, heartbeats,
+silent agents); this module gathers the facts, keeps the workers table and the agents table, and applies the
+decisions.
 """
 
 from __future__ import annotations
@@ -40,7 +36,7 @@ from vap_common import subjects
 from vap_common.logs import get_logger
 from vap_common.redact import redact_text
 from vap_common.tasks import cancel_and_wait
-from vap_control import lifecycle, metrics, placement
+from vap_control import lifecycle, metrics, placement, status
 from vap_control.bus import Bus
 from vap_control.db.pool import Pool
 from vap_control.repo import nodes as nodes_repo
@@ -67,12 +63,6 @@ class ReplyOutcome:
     error: str = ""
 
 
-def _code_name(code: int) -> str:
-    if code not in Code.values():
-        return str(code)
-    return Code.Name(agent_pb2.AgentReplyCode.ValueType(code)).removeprefix("AGENT_REPLY_CODE_")
-
-
 def _process_gone(channel: agent_pb2.ChannelProcess) -> bool:
     return (
         channel.pid == 0 or channel.HasField("exit_code") or channel.health.state == CS.CHANNEL_STATE_STOPPED
@@ -83,7 +73,7 @@ async def apply_reply(
     conn: Conn, row: outbox_repo.OutboxRow, reply: agent_pb2.AgentReply, settings: ControlSettings
 ) -> ReplyOutcome:
     """Apply an agent's reply to the outbox row it answers (caller holds a transaction)."""
-    metrics.AGENT_REPLIES.labels(_code_name(reply.code)).inc()
+    metrics.AGENT_REPLIES.labels(status.code_name(reply.code)).inc()
     scenario = await repo.get(conn, row.scenario_id, lock=True)
     if scenario is None:  # deleted meanwhile: nothing left to move
         return ReplyOutcome(done=True)
@@ -113,38 +103,27 @@ async def _apply_start_reply(
         )
         if channel.HasField("health"):
             await repo.set_health(conn, scenario.id, channel.health)
-        await repo.advance(conn, scenario, lifecycle.IN_STARTUP_PROCESSING, lifecycle.STARTUP_CHAIN)
-        if channel.pid > 0 and not _process_gone(channel):
-            await repo.advance(conn, scenario, lifecycle.ACTIVE, lifecycle.STARTUP_CHAIN)
+        change = status.start_accepted(scenario.status_value, running=not _process_gone(channel))
+        await repo.apply_change(conn, scenario, change)
         return ReplyOutcome(done=True)
-    if reply.code in (Code.AGENT_REPLY_CODE_MAX_WORKERS, Code.AGENT_REPLY_CODE_UNAVAILABLE):
-        if scenario.status_value == lifecycle.INIT_STARTUP:
-            other = await placement.pick(conn, scenario, settings, exclude=[agent])
-            if other is not None:
-                await repo.assign_worker(conn, scenario, other)
-                return ReplyOutcome(done=False, retry_agent=other, error=f"{agent}: {_code_name(reply.code)}")
-        await repo.release_worker(conn, scenario.id)
-        if (
-            reply.code == Code.AGENT_REPLY_CODE_UNAVAILABLE
-            and scenario.status_value == lifecycle.INIT_STARTUP
-        ):
-            # The only agent is shutting down; another (or it, restarted) will take the command later.
-            await repo.set_reason(conn, scenario.id, f"decoder agent {agent} is shutting down; waiting")
-            return ReplyOutcome(done=False, retry_delay_s=settings.retry_max_s, error="agent unavailable")
-        await repo.fail(conn, scenario, f"no decoder capacity: agent {agent} reached MAX_WORKERS")
-        return ReplyOutcome(done=True)
-    if reply.code != Code.AGENT_REPLY_CODE_ALREADY_EXISTS:
-        await repo.release_worker(conn, scenario.id)
-    # Keep the workers row for ALREADY_EXISTS: that process is left to release with a stop.
-    await repo.fail(
-        conn, scenario, f"decoder agent {agent} refused the start: {_code_name(reply.code)}: {message}"
-    )
+    refusal = status.start_refused(scenario.status_value, code=reply.code, agent=agent, message=message)
+    if refusal.place_elsewhere:
+        other = await placement.pick(conn, scenario, settings, exclude=[agent])
+        if other is not None:
+            await repo.assign_worker(conn, scenario, other)
+            return ReplyOutcome(
+                done=False, retry_agent=other, error=f"{agent}: {status.code_name(reply.code)}"
+            )
+    await repo.apply_change(conn, scenario, refusal.change)
+    if refusal.retry:
+        return ReplyOutcome(done=False, retry_delay_s=settings.retry_max_s, error="agent unavailable")
     return ReplyOutcome(done=True)
 
 
 async def _apply_stop_reply(
     conn: Conn, scenario: ScenarioRow, reply: agent_pb2.AgentReply, agent: str, message: str
 ) -> ReplyOutcome:
+    current = scenario.status_value
     if reply.code in (
         Code.AGENT_REPLY_CODE_OK,
         Code.AGENT_REPLY_CODE_NOT_FOUND,
@@ -157,147 +136,83 @@ async def _apply_stop_reply(
         )
         if reply.HasField("channel") and reply.channel.HasField("health"):
             await repo.set_health(conn, scenario.id, reply.channel.health)
-        await repo.advance(conn, scenario, lifecycle.IN_SHUTDOWN_PROCESSING, lifecycle.SHUTDOWN_CHAIN)
-        if gone and scenario.status_value == lifecycle.INIT_STARTUP and scenario.agent_id == agent:
-            # The stop ahead of a restart or a move (drained node): that placement is over, the start that
-            # follows places the scenario afresh.
-            await repo.release_worker(conn, scenario.id)
-        elif gone:
-            await finish_stop(conn, scenario)
-        return ReplyOutcome(done=True)
-    await repo.fail(
-        conn,
-        scenario,
-        f"decoder agent {agent} could not stop the channel: {_code_name(reply.code)}: {message}",
-    )
+        change = status.stop_accepted(current, process_gone=gone, placed_there=scenario.agent_id == agent)
+    else:
+        change = status.stop_refused(current, code=reply.code, agent=agent, message=message)
+    await repo.apply_change(conn, scenario, change)
     return ReplyOutcome(done=True)
-
-
-async def finish_stop(conn: Conn, scenario: ScenarioRow, reason: str = "") -> None:
-    """The scenario's process is gone: INACTIVE (from IN_SHUTDOWN_PROCESSING) and no worker any more."""
-    if await repo.advance(conn, scenario, lifecycle.INACTIVE, lifecycle.SHUTDOWN_CHAIN, reason):
-        await repo.release_worker(conn, scenario.id)
-
-
-async def complete_stop_locally(conn: Conn, scenario_id: uuid.UUID, reason: str) -> None:
-    """A stop with no process to stop (never placed, or its agent is gone): walk the shutdown chain."""
-    scenario = await repo.get(conn, scenario_id, lock=True)
-    if scenario is None:
-        return
-    await repo.advance(conn, scenario, lifecycle.INACTIVE, lifecycle.SHUTDOWN_CHAIN, reason)
-    await repo.release_worker(conn, scenario.id)
 
 
 async def apply_health(conn: Conn, health: health_pb2.ChannelHealth, *, persist: bool) -> None:
     scenario = await repo.get_by_channel(conn, health.channel_id, lock=True)
     if scenario is None:
         return
-    status = scenario.status_value
-    state = health.state
     if scenario.agent_id is not None and health.agent_id and health.agent_id != scenario.agent_id:
         return  # a report of a previous placement on another agent (e.g. a node it moved away from)
     if persist:
         await repo.set_health(conn, scenario.id, health)
     if scenario.agent_id is not None and health.pid:
         await repo.update_worker(conn, scenario.id, agent_id=scenario.agent_id, pid=health.pid)
-    if state == CS.CHANNEL_STATE_FAILED and status in lifecycle.RUNNING and status != lifecycle.INIT_STARTUP:
-        await repo.fail(conn, scenario, f"source failed: {redact_text(health.reason)}")
-    elif state == CS.CHANNEL_STATE_STOPPED and status == lifecycle.IN_SHUTDOWN_PROCESSING:
-        await finish_stop(conn, scenario)
-    elif (
-        health.pid > 0
-        and state not in (CS.CHANNEL_STATE_STOPPED, CS.CHANNEL_STATE_FAILED)
-        and status == lifecycle.IN_STARTUP_PROCESSING
-    ):
-        await repo.advance(conn, scenario, lifecycle.ACTIVE, lifecycle.STARTUP_CHAIN)
+    change = status.health_reported(
+        scenario.status_value, state=health.state, pid=health.pid, reason=health.reason
+    )
+    await repo.apply_change(conn, scenario, change)
 
 
 async def apply_status(
-    conn: Conn,
-    status: agent_pb2.AgentStatus,
-    *,
-    agent_timeout_s: float,
-    settings: ControlSettings | None = None,
+    conn: Conn, report: agent_pb2.AgentStatus, settings: ControlSettings
 ) -> tuple[bool, list[str]]:
     """Record an agent's heartbeat and reconcile the scenarios placed on it. Returns whether the agent
     (re)appeared (starts waiting for an agent are then made due at once) and the channels it runs that are
     placed on another agent now (moved away while it was silent: they must be stopped there)."""
-    appeared = not await repo.agent_alive(conn, status.agent_id, agent_timeout_s=agent_timeout_s)
+    agent_timeout_s = settings.agent_timeout_s
+    appeared = not await repo.agent_alive(conn, report.agent_id, agent_timeout_s=agent_timeout_s)
     if appeared:
-        await conn.execute(
-            "UPDATE outbox SET next_attempt_at = now() WHERE state = 'pending' AND kind = %s"
-            " AND agent_id IS NULL AND next_attempt_at > now()",
-            (outbox_repo.START,),
-        )
-    await nodes_repo.record_agent(conn, status)
-    listed = {ch.channel_id: ch for ch in status.channels}
-    # Scenarios placed on this agent long enough that a heartbeat must list them.
-    cur = await conn.execute(
-        "SELECT w.scenario_id FROM workers w JOIN scenarios s ON s.id = w.scenario_id"
-        " WHERE w.agent_id = %s AND s.status = ANY(%s) ORDER BY w.scenario_id",
-        (
-            status.agent_id,
-            [
-                int(lifecycle.IN_STARTUP_PROCESSING),
-                int(lifecycle.ACTIVE),
-                int(lifecycle.IN_SHUTDOWN_PROCESSING),
-            ],
-        ),
+        await outbox_repo.make_waiting_starts_due(conn)
+    await nodes_repo.record_agent(conn, report)
+    listed = {ch.channel_id: ch for ch in report.channels}
+    placed = await nodes_repo.scenarios_on_agent(
+        conn, report.agent_id, statuses=[int(s) for s in status.LISTED_IN_HEARTBEAT]
     )
-    for (scenario_id,) in await cur.fetchall():
+    for scenario_id in placed:
         scenario = await repo.get(conn, scenario_id, lock=True)
-        if scenario is None or scenario.agent_id != status.agent_id:
+        if scenario is None or scenario.agent_id != report.agent_id:
             continue
         channel = listed.get(scenario.channel_id)
         if channel is not None and channel.pid:
             await repo.update_worker(
-                conn, scenario.id, agent_id=status.agent_id, pid=channel.pid, ring=channel.ring
+                conn, scenario.id, agent_id=report.agent_id, pid=channel.pid, ring=channel.ring
             )
-        if scenario.status_value == lifecycle.IN_SHUTDOWN_PROCESSING:
-            if channel is None or _process_gone(channel):
-                await finish_stop(conn, scenario)
-        elif channel is not None:
-            if (
-                scenario.status_value == lifecycle.IN_STARTUP_PROCESSING
-                and channel.pid > 0
-                and not _process_gone(channel)
-            ):
-                await repo.advance(conn, scenario, lifecycle.ACTIVE, lifecycle.STARTUP_CHAIN)
-        elif await _assigned_before(conn, scenario.id, agent_timeout_s, status):
-            # The agent no longer knows the channel (e.g. it was restarted): the decoder is gone.
-            reason = f"decoder agent {status.agent_id} no longer runs the channel"
-            if settings is not None and settings.failover:
-                # Started again, like a scenario of a dead node: an agent restart must not lose it.
-                await placement.move(conn, scenario.id, settings, reason=reason, stop_old=False)
-            else:
-                await repo.fail(conn, scenario, reason)
-    return appeared, await _placed_elsewhere(conn, status)
+        change = status.heartbeat(
+            scenario.status_value,
+            listed=channel is not None,
+            running=channel is not None and not _process_gone(channel),
+            placed_long_ago=channel is None
+            and await _assigned_before(conn, scenario.id, agent_timeout_s, report),
+            agent=report.agent_id,
+            failover=settings.failover,
+        )
+        # A decoder the agent lost is gone with it: nothing to stop there before it starts again.
+        await placement.carry_out(conn, scenario, settings, change, release_old=True)
+    return appeared, await _placed_elsewhere(conn, report)
 
 
-async def _placed_elsewhere(conn: Conn, status: agent_pb2.AgentStatus) -> list[str]:
-    running = [ch.channel_id for ch in status.channels if ch.channel_id and not _process_gone(ch)]
+async def _placed_elsewhere(conn: Conn, report: agent_pb2.AgentStatus) -> list[str]:
+    running = [ch.channel_id for ch in report.channels if ch.channel_id and not _process_gone(ch)]
     if not running:
         return []
-    cur = await conn.execute(
-        "SELECT s.channel_id FROM scenarios s JOIN workers w ON w.scenario_id = s.id"
-        " WHERE s.channel_id = ANY(%s) AND w.agent_id <> %s ORDER BY s.channel_id",
-        (running, status.agent_id),
-    )
-    return [str(r[0]) for r in await cur.fetchall()]
+    return await nodes_repo.channels_placed_elsewhere(conn, running, agent_id=report.agent_id)
 
 
 async def _assigned_before(
-    conn: Conn, scenario_id: uuid.UUID, seconds: float, status: agent_pb2.AgentStatus
+    conn: Conn, scenario_id: uuid.UUID, seconds: float, report: agent_pb2.AgentStatus
 ) -> bool:
     # A heartbeat assembled just before the agent took the channel must not count as "lost it", even when we
     # handle it late (a busy control plane): the report must also be made well after the placement.
-    made = status.report_time.ToDatetime(UTC) if status.HasField("report_time") else None
-    cur = await conn.execute(
-        "SELECT 1 FROM workers WHERE scenario_id = %s AND update_time < now() - make_interval(secs => %s)"
-        " AND (%s::timestamptz IS NULL OR update_time < %s::timestamptz - make_interval(secs => %s))",
-        (scenario_id, seconds, made, made, min(seconds, 1.0)),
+    made = report.report_time.ToDatetime(UTC) if report.HasField("report_time") else None
+    return await repo.placed_before(
+        conn, scenario_id, seconds=seconds, reported=made, margin_s=min(seconds, 1.0)
     )
-    return await cur.fetchone() is not None
 
 
 async def reconcile_dead_agents(conn: Conn, settings: ControlSettings) -> int:
@@ -309,9 +224,11 @@ async def reconcile_dead_agents(conn: Conn, settings: ControlSettings) -> int:
     changed = 0
     for scenario_id, agent_id in stopping:
         scenario = await repo.get(conn, scenario_id, lock=True)
-        if scenario is not None and scenario.status_value == lifecycle.IN_SHUTDOWN_PROCESSING:
-            await finish_stop(conn, scenario, f"decoder agent {agent_id} stopped reporting")
-            changed += 1
+        if scenario is None:
+            continue
+        change = status.agent_lost_while_stopping(scenario.status_value, agent=agent_id)
+        await repo.apply_change(conn, scenario, change)
+        changed += bool(change)
     return changed + await placement.reconcile(conn, settings)
 
 
@@ -440,26 +357,24 @@ class AgentSync:
 
     async def _on_status(self, msg: Msg) -> None:
         try:
-            status = agent_pb2.AgentStatus.FromString(msg.data)
+            report = agent_pb2.AgentStatus.FromString(msg.data)
         except Exception:
             return
-        if not status.agent_id:
+        if not report.agent_id:
             return
-        for channel in status.channels:
+        for channel in report.channels:
             if channel.HasField("health") and channel.channel_id:
                 known = self.latest_health.get(channel.channel_id)
                 if known is None or known.report_time_ns <= channel.health.report_time_ns:
                     self.latest_health[channel.channel_id] = channel.health
         try:
             async with self._pool.connection() as conn, conn.transaction():
-                appeared, elsewhere = await apply_status(
-                    conn, status, agent_timeout_s=self._settings.agent_timeout_s, settings=self._settings
-                )
+                appeared, elsewhere = await apply_status(conn, report, self._settings)
             for channel_id in elsewhere:
-                await self._fence(status.agent_id, channel_id)
+                await self._fence(report.agent_id, channel_id)
             if appeared:
-                _log.info("decoder agent available", agent=status.agent_id, max_workers=status.max_workers)
+                _log.info("decoder agent available", agent=report.agent_id, max_workers=report.max_workers)
                 if self._on_agent_appeared is not None:
                     self._on_agent_appeared()
         except Exception:
-            _log.exception("applying an agent heartbeat failed", agent=status.agent_id)
+            _log.exception("applying an agent heartbeat failed", agent=report.agent_id)

@@ -29,7 +29,7 @@ from psycopg import AsyncConnection
 from vap_common import subjects
 from vap_common.logs import get_logger
 from vap_common.tasks import cancel_and_wait
-from vap_control import agent_sync, lifecycle, metrics, placement, streams
+from vap_control import agent_sync, metrics, placement, status, streams
 from vap_control.bus import Bus
 from vap_control.db.pool import Pool
 from vap_control.repo import outbox as outbox_repo
@@ -38,8 +38,6 @@ from vap_control.settings import ControlSettings
 from vap_proto.v1 import agent_pb2
 
 _log = get_logger("vap.control.outbox")
-
-NOTIFY_CHANNEL = "vap_outbox"
 
 
 @dataclass(slots=True)
@@ -91,7 +89,7 @@ class OutboxRelay:
         while True:
             try:
                 async with await AsyncConnection.connect(self._dsn, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}".encode())
+                    await outbox_repo.listen(conn)
                     self._wake.set()  # rows inserted while we were not listening
                     async for _ in conn.notifies():
                         self._wake.set()
@@ -155,8 +153,7 @@ class OutboxRelay:
         async with conn.transaction():
             scenario = await repo.get(conn, row.scenario_id, lock=True)
             if row.kind == outbox_repo.START:
-                if scenario is None or scenario.status_value != lifecycle.INIT_STARTUP:
-                    # Deleted, or stopped/failed before the start went out: starting now would be wrong.
+                if scenario is None or not status.start_deliverable(scenario.status_value):
                     await outbox_repo.mark_cancelled(conn, row.id, "scenario no longer starting")
                     delivery.settled = delivery.final = True
                     return delivery
@@ -164,15 +161,8 @@ class OutboxRelay:
                 if agent is None:
                     agent = await placement.pick(conn, scenario, self._settings)
                     if agent is None:
-                        await repo.set_reason(
-                            conn,
-                            scenario.id,
-                            "waiting for a decoder agent with a free slot"
-                            + (
-                                f" ({scenario.status_reason})"
-                                if scenario.status_reason.startswith("moving")
-                                else ""
-                            ),
+                        await repo.apply_change(
+                            conn, scenario, status.waiting_for_agent(scenario.status_reason)
                         )
                         await outbox_repo.retry_later(
                             conn,
@@ -183,7 +173,7 @@ class OutboxRelay:
                         )
                         delivery.settled = True  # rescheduled: nothing to send now
                         return delivery
-                    await repo.set_reason(conn, scenario.id, "")
+                    await repo.apply_change(conn, scenario, status.agent_found())
                     await outbox_repo.set_agent(conn, row.id, agent)
                 if scenario.agent_id != agent:
                     await repo.assign_worker(conn, scenario, agent)
@@ -191,7 +181,8 @@ class OutboxRelay:
             else:  # stop: wherever the scenario is placed now, else where it was when the stop was asked
                 agent = scenario.agent_id if scenario is not None and scenario.agent_id else row.agent_id
                 if agent is None:
-                    await agent_sync.complete_stop_locally(conn, row.scenario_id, "")
+                    if scenario is not None:
+                        await repo.apply_change(conn, scenario, status.stop_unplaced(scenario.status_value))
                     await outbox_repo.mark_sent(conn, row.id)
                     delivery.settled = delivery.final = True
                     return delivery
@@ -248,7 +239,7 @@ class OutboxRelay:
             metrics.OUTBOX_DELIVERIES.labels(row.kind, "sent").inc()
             return 1
         # Lock order as everywhere: the scenario, then its outbox row.
-        await repo.get(conn, row.scenario_id, lock=True)
+        scenario = await repo.get(conn, row.scenario_id, lock=True)
         if d.reply is not None:
             outcome = await agent_sync.apply_reply(conn, row, d.reply, self._settings)
             if outcome.done:
@@ -266,9 +257,9 @@ class OutboxRelay:
             )
             if row.kind == outbox_repo.STOP and not alive:
                 # Nobody runs that agent any more: its decoders died with it.
-                await agent_sync.complete_stop_locally(
-                    conn, row.scenario_id, f"decoder agent {d.agent_id} is gone"
-                )
+                if scenario is not None:
+                    change = status.stop_agent_gone(scenario.status_value, agent=d.agent_id)
+                    await repo.apply_change(conn, scenario, change)
                 await outbox_repo.mark_sent(conn, row.id)
                 metrics.OUTBOX_DELIVERIES.labels(row.kind, "agent_gone").inc()
                 return 1

@@ -15,15 +15,17 @@ placement per scenario, so a scenario is never placed twice:
   comes back: ``agent_sync`` stops channels an agent runs that are placed elsewhere);
 - drained node: a stop to the old agent goes first, in the same per-scenario outbox order as the new
   start, so the channel is never decoded twice and the gap is one stop plus one start (a reconnect).
+
+Whether a scenario moves, fails (``failover: false``) or stays is decided by ``status`` (``agent_lost``,
+``node_drained``, ``heartbeat``); ``carry_out`` does it.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 
 from vap_common.logs import get_logger
-from vap_control import lifecycle
+from vap_control import status
 from vap_control.errors import NotFoundError
 from vap_control.repo import nodes as nodes_repo
 from vap_control.repo import outbox as outbox_repo
@@ -50,13 +52,17 @@ def scenario_config(
     )
 
 
-async def enqueue_start(conn: Conn, row: ScenarioRow, settings: ControlSettings, reason: str = "") -> None:
-    """INIT_STARTUP, a new config revision and a start command (placed when the relay delivers it)."""
+async def enqueue_start(
+    conn: Conn, row: ScenarioRow, settings: ControlSettings, change: status.Change
+) -> None:
+    """Apply a change that starts the scenario (it ends in INIT_STARTUP), with a new config revision and a
+    start command (placed when the relay delivers it)."""
+    assert change.starts, change
     if row.agent_id is not None:
         # A previous placement may still have a process (e.g. after ALREADY_EXISTS, or a drained node): stop
         # it there first; the outbox keeps the order, so the new start cannot overtake the stop.
         await outbox_repo.enqueue_stop(conn, row.id, stop_command(row, settings), row.agent_id)
-    await repo.apply_path(conn, row, [lifecycle.INIT_STARTUP], reason, clear_health=True)
+    await repo.apply_change(conn, row, change)
     await repo.bump_revision(conn, row)
     await outbox_repo.enqueue_config(conn, scenario_config(row, settings, active=True))
     source = row.spec_proto().source
@@ -79,19 +85,22 @@ async def pick(
     )
 
 
-async def move(
-    conn: Conn, scenario_id: uuid.UUID, settings: ControlSettings, *, reason: str, stop_old: bool
+async def carry_out(
+    conn: Conn, row: ScenarioRow, settings: ControlSettings, change: status.Change, *, release_old: bool
 ) -> bool:
-    """Move a running scenario off its node (see the module docstring). False when it no longer needs it
-    (stopped, deleted, or already moved meanwhile)."""
-    row = await repo.get(conn, scenario_id, lock=True)
-    if row is None or row.status_value not in (lifecycle.IN_STARTUP_PROCESSING, lifecycle.ACTIVE):
+    """Apply a decision about a locked scenario that may move it (see the module docstring). A move ends the
+    old placement, released at once when its process is gone with its agent (``release_old``) or else
+    stopped there first, and starts the scenario again; any other change is applied as it is. Returns
+    whether anything changed."""
+    if not change:
         return False
-    await repo.apply_path(conn, row, [lifecycle.FAILED], reason)
-    if not stop_old:
+    if not change.starts:
+        await repo.apply_change(conn, row, change)
+        return True
+    if release_old:
         await repo.release_worker(conn, row.id)
         row.agent_id = None
-    await enqueue_start(conn, row, settings, reason)
+    await enqueue_start(conn, row, settings, change)
     return True
 
 
@@ -102,16 +111,22 @@ async def reconcile(conn: Conn, settings: ControlSettings) -> int:
         conn, agent_timeout_s=settings.agent_timeout_s
     ):
         row = await repo.get(conn, scenario_id, lock=True)
-        node = row.node_id if row is not None and row.node_id else agent_id
-        reason = f"moving off node {node}: decoder agent {agent_id} stopped reporting"
-        if settings.failover:
-            moved += await move(conn, scenario_id, settings, reason=reason, stop_old=False)
-        elif row is not None and await repo.fail(conn, row, f"decoder agent {agent_id} stopped reporting"):
-            moved += 1
-    for scenario_id, node in await nodes_repo.scenarios_of_draining_nodes(conn):
-        moved += await move(
-            conn, scenario_id, settings, reason=f"moving off node {node}: drained", stop_old=True
-        )
+        if row is None:
+            continue
+        node = row.node_id or agent_id
+        change = status.agent_lost(row.status_value, agent=agent_id, node=node, failover=settings.failover)
+        moved += await carry_out(conn, row, settings, change, release_old=True)
+    return moved + await _move_off_drained(conn, settings)
+
+
+async def _move_off_drained(conn: Conn, settings: ControlSettings, node_ids: Sequence[str] = ()) -> int:
+    """Move the running scenarios of drained nodes (only of ``node_ids`` when given); returns how many."""
+    moved = 0
+    for scenario_id, node in await nodes_repo.scenarios_of_draining_nodes(conn, node_ids):
+        row = await repo.get(conn, scenario_id, lock=True)
+        if row is not None:
+            change = status.node_drained(row.status_value, node=node)
+            moved += await carry_out(conn, row, settings, change, release_old=False)
     return moved
 
 
@@ -153,9 +168,7 @@ async def drain(
     await nodes_repo.set_draining(conn, node_id, not undrain)
     moved = 0
     if not undrain:
-        for scenario_id, _ in await nodes_repo.scenarios_of_draining_nodes(conn, [node_id]):
-            reason = f"moving off node {node_id}: drained"
-            moved += await move(conn, scenario_id, settings, reason=reason, stop_old=True)
+        moved = await _move_off_drained(conn, settings, [node_id])
         _log.info("node drained", node=node_id, moved=moved)
     else:
         _log.info("node undrained", node=node_id)

@@ -1,50 +1,32 @@
-# ruff: noqa: S608  (SQL is assembled from constant fragments only; every value is a bound parameter)
 """Stored results: QueryDetections, QueryEvents and QueryCounts, with keyset pagination.
 
 Keyset (not OFFSET) pagination keeps every page as cheap as the first, and rows inserted meanwhile never shift
 a page. Sort keys: frames by (capture time, channel, epoch, sequence), events by (event time, event id),
-counts by (interval start, rule id).
+counts by (interval start, rule id). This module validates requests, keeps page tokens and builds the
+responses; the SQL is ``repo.queries``.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 from vap_control import pagetokens, validation
 from vap_control.errors import InvalidArgumentError
+from vap_control.repo import queries as repo
+from vap_control.repo.queries import FrameKey
 from vap_control.repo.scenarios import Conn, ScenarioRow
-from vap_proto.v1 import analytics_pb2, control_pb2, detection_pb2, frame_pb2, tracking_pb2
+from vap_proto.v1 import analytics_pb2, control_pb2, detection_pb2, frame_pb2
 
 DEFAULT_PAGE = 100
-FrameKey = tuple[int, str, int, int]  # capture_time_ns, channel, epoch, sequence (within one scenario)
-
-
-def _time_where(column: str, start: int | None, end: int | None, params: list[Any]) -> str:
-    parts = []
-    if start is not None:
-        parts.append(f"{column} >= %s")
-        params.append(start)
-    if end is not None:
-        parts.append(f"{column} < %s")
-        params.append(end)
-    return " AND ".join(parts) if parts else "TRUE"
 
 
 # --- detections -----------------------------------------------------------------------------------------
 
 
-def _class_filter(req: control_pb2.QueryDetectionsRequest, params: list[Any], alias: str = "d") -> str:
-    parts = []
-    if req.class_ids or req.class_names:
-        parts.append(f"({alias}.class_id = ANY(%s) OR {alias}.class_name = ANY(%s))")
-        params.extend([list(req.class_ids), list(req.class_names)])
-    if req.min_confidence > 0:
-        parts.append(f"{alias}.confidence >= %s")
-        params.append(req.min_confidence)
-    return " AND ".join(parts)
+def _detection_filter(req: control_pb2.QueryDetectionsRequest) -> repo.DetectionFilter:
+    return repo.DetectionFilter(list(req.class_ids), list(req.class_names), req.min_confidence)
 
 
 async def query_detections(
@@ -55,30 +37,15 @@ async def query_detections(
     start, end = validation.time_range(req.time_range)
     size = validation.page_size(req.page_size, default=DEFAULT_PAGE)
     cursor = pagetokens.decode(req, req.page_token)
-    params: list[Any] = [scenario.id]
-    where = ["f.scenario_id = %s", _time_where("f.capture_time_ns", start, end, params)]
-    if cursor is not None:
-        where.append("(f.capture_time_ns, f.channel_id, f.stream_epoch, f.sequence) > (%s, %s, %s, %s)")
-        params.extend(_frame_cursor(cursor))
-    det_params: list[Any] = []
-    det_filter = _class_filter(req, det_params)
-    if det_filter:
-        where.append(
-            "EXISTS (SELECT 1 FROM detections d WHERE d.scenario_id = f.scenario_id"
-            " AND d.capture_time_ns = f.capture_time_ns AND d.channel_id = f.channel_id"
-            f" AND d.stream_epoch = f.stream_epoch AND d.sequence = f.sequence AND {det_filter})"
-        )
-        params.extend(det_params)
-    else:
-        where.append("f.detection_count > 0")
-    params.append(size + 1)
-    cur = await conn.execute(
-        "SELECT f.capture_time_ns, f.channel_id, f.stream_epoch, f.sequence, f.pts_us, f.width, f.height,"
-        f" f.stats, f.publish_time_ns FROM frames f WHERE {' AND '.join(where)}"
-        " ORDER BY f.capture_time_ns, f.channel_id, f.stream_epoch, f.sequence LIMIT %s".encode(),
-        params,
+    rows = await repo.frames_page(
+        conn,
+        scenario.id,
+        start=start,
+        end=end,
+        after=_frame_cursor(cursor) if cursor is not None else None,
+        detections=_detection_filter(req),
+        limit=size + 1,
     )
-    rows = await cur.fetchall()
     more = len(rows) > size
     rows = rows[:size]
     response = control_pb2.QueryDetectionsResponse()
@@ -111,10 +78,10 @@ async def query_detections(
     return response
 
 
-def _frame_cursor(cursor: list[Any]) -> list[Any]:
+def _frame_cursor(cursor: list[Any]) -> FrameKey:
     try:
         ns, channel, epoch, seq = cursor
-        return [int(ns), str(channel), int(epoch), int(seq)]
+        return (int(ns), str(channel), int(epoch), int(seq))
     except (TypeError, ValueError):
         raise InvalidArgumentError("page_token", "not a page token of this call") from None
 
@@ -127,36 +94,13 @@ async def _attach_detections(
     last_ns: int,
     req: control_pb2.QueryDetectionsRequest,
 ) -> None:
-    params: list[Any] = [scenario_id, first_ns, last_ns]
-    det_filter = _class_filter(req, params)
-    cur = await conn.execute(
-        "SELECT d.capture_time_ns, d.channel_id, d.stream_epoch, d.sequence, d.class_id, d.class_name,"
-        " d.confidence, d.x1, d.y1, d.x2, d.y2, d.attributes FROM detections d"
-        " WHERE d.scenario_id = %s AND d.capture_time_ns BETWEEN %s AND %s"
-        + (f" AND {det_filter}" if det_filter else "")
-        + " ORDER BY d.capture_time_ns, d.channel_id, d.stream_epoch, d.sequence, d.idx",
-        params,
-    )
-    for (
-        ns,
-        channel,
-        epoch,
-        seq,
-        class_id,
-        class_name,
-        conf,
-        x1,
-        y1,
-        x2,
-        y2,
-        attributes,
-    ) in await cur.fetchall():
-        fd = frames.get((ns, channel, epoch, seq))
+    for d in await repo.detections_between(conn, scenario_id, first_ns, last_ns, _detection_filter(req)):
+        fd = frames.get((d.capture_time_ns, d.channel_id, d.stream_epoch, d.sequence))
         if fd is None:
             continue  # a frame of the same time range outside this page
-        det = fd.detections.add(class_id=class_id, class_name=class_name, confidence=conf)
-        det.box.x1, det.box.y1, det.box.x2, det.box.y2 = x1, y1, x2, y2
-        _add_attributes(det, attributes)
+        det = fd.detections.add(class_id=d.class_id, class_name=d.class_name, confidence=d.confidence)
+        det.box.x1, det.box.y1, det.box.x2, det.box.y2 = d.x1, d.y1, d.x2, d.y2
+        _add_attributes(det, d.attributes)
 
 
 def _add_attributes(det: detection_pb2.Detection, attributes: list[dict[str, Any]] | None) -> None:
@@ -174,22 +118,13 @@ async def _attach_track_ids(
     last_ns: int,
 ) -> None:
     """A track matched in a frame has exactly its detection's box (tracking.proto): match on class and box."""
-    cur = await conn.execute(
-        "SELECT capture_time_ns, channel_id, stream_epoch, sequence, track_id, global_id, class_id,"
-        " x1, y1, x2, y2, attributes FROM tracks WHERE scenario_id = %s AND capture_time_ns BETWEEN %s AND %s"
-        " AND frames_since_update = 0 AND state = ANY(%s)",
-        (
-            scenario_id,
-            first_ns,
-            last_ns,
-            [tracking_pb2.TrackState.TRACK_STATE_TENTATIVE, tracking_pb2.TrackState.TRACK_STATE_CONFIRMED],
-        ),
-    )
     by_frame: dict[FrameKey, list[tuple[int, int, int, tuple[float, float, float, float], Any]]] = (
         defaultdict(list)
     )
-    for ns, channel, epoch, seq, track_id, global_id, class_id, x1, y1, x2, y2, attrs in await cur.fetchall():
-        by_frame[(ns, channel, epoch, seq)].append((track_id, global_id, class_id, (x1, y1, x2, y2), attrs))
+    for t in await repo.matched_tracks_between(conn, scenario_id, first_ns, last_ns):
+        by_frame[(t.capture_time_ns, t.channel_id, t.stream_epoch, t.sequence)].append(
+            (t.track_id, t.global_id, t.class_id, (t.x1, t.y1, t.x2, t.y2), t.attributes)
+        )
     for key, tracks in by_frame.items():
         fd = frames.get(key)
         if fd is None:
@@ -215,28 +150,22 @@ async def query_events(
     start, end = validation.time_range(req.time_range)
     size = validation.page_size(req.page_size, default=DEFAULT_PAGE)
     cursor = pagetokens.decode(req, req.page_token)
-    params: list[Any] = [scenario.id]
-    where = ["scenario_id = %s", _time_where("event_time_ns", start, end, params)]
-    if req.kinds:
-        where.append("kind = ANY(%s)")
-        params.append([int(k) for k in req.kinds])
-    if req.rule_ids:
-        where.append("rule_id = ANY(%s)")
-        params.append(list(req.rule_ids))
+    after = None
     if cursor is not None:
         try:
-            ns, event_id = int(cursor[0]), str(cursor[1])
+            after = (int(cursor[0]), str(cursor[1]))
         except (IndexError, TypeError, ValueError):
             raise InvalidArgumentError("page_token", "not a page token of this call") from None
-        where.append("(event_time_ns, event_id) > (%s, %s)")
-        params.extend([ns, event_id])
-    params.append(size + 1)
-    cur = await conn.execute(
-        f"SELECT event_time_ns, event_id, payload FROM events WHERE {' AND '.join(where)}"
-        " ORDER BY event_time_ns, event_id LIMIT %s".encode(),
-        params,
+    rows = await repo.events_page(
+        conn,
+        scenario.id,
+        start=start,
+        end=end,
+        kinds=[int(k) for k in req.kinds],
+        rule_ids=list(req.rule_ids),
+        after=after,
+        limit=size + 1,
     )
-    rows = await cur.fetchall()
     response = control_pb2.QueryEventsResponse()
     for _, _, payload in rows[:size]:
         response.events.add().ParseFromString(payload)
@@ -247,18 +176,6 @@ async def query_events(
 
 
 # --- counts ---------------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Agg:
-    a_to_b: int = 0
-    b_to_a: int = 0
-    enters: int = 0
-    exits: int = 0
-    max_occupancy: int = 0
-    occupancy_ns: float = 0.0  # sum of mean_occupancy x interval length: time-weighted mean over the bucket
-    loitering: int = 0
-    dwell_weighted: float = 0.0  # sum of mean_dwell_ms x exits
 
 
 async def query_counts(
@@ -291,20 +208,11 @@ async def query_counts(
         kind = rule.WhichOneof("kind")
         if kind is not None and (not wanted or rule.rule_id in wanted):
             rules[rule.rule_id] = kind
-    params: list[Any] = [scenario.id]
-    time_sql = _time_where("interval_start_ns", None, end, params)
-    if start is not None:
-        time_sql += " AND interval_end_ns > %s"
-        params.append(start)
-    cur = await conn.execute(
-        f"SELECT rule_id, min(kind), min(interval_start_ns) FROM counts WHERE scenario_id = %s AND {time_sql}"
-        " GROUP BY rule_id".encode(),
-        params,
-    )
     first_stored: int | None = None
-    for rule_id, kind, first in await cur.fetchall():
-        if not wanted or rule_id in wanted:
-            rules.setdefault(rule_id, kind)
+    for stored in await repo.count_rules(conn, scenario.id, start=start, end=end):
+        if not wanted or stored.rule_id in wanted:
+            rules.setdefault(stored.rule_id, stored.kind)
+            first = stored.first_start_ns
             first_stored = first if first_stored is None else min(first_stored, first)
     if not rules:
         return response
@@ -333,9 +241,11 @@ async def query_counts(
         return response
     page, more = items[:size], len(items) > size
     lo, hi = page[0][0], page[-1][0] + interval_ns
-    aggs = await _aggregate(conn, scenario.id, lo, hi, interval_ns, list(rules))
+    sums = await repo.count_sums(
+        conn, scenario.id, lo=lo, hi=hi, interval_ns=interval_ns, rule_ids=list(rules)
+    )
     for bucket, rule_id in page:
-        agg = aggs.get((bucket, rule_id), _Agg())
+        agg = sums.get((bucket, rule_id), repo.CountSums())
         ic = response.counts.add(
             scenario_id=str(scenario.id),
             channel_id=scenario.channel_id,
@@ -369,16 +279,17 @@ async def _attribute_counts(
     """The page's events split by their track's latest vote of attribute ``name`` ("unknown" without one)."""
     lo, hi = page[0][0], page[-1][0] + interval_ns
     wanted = set(page)
-    cur = await conn.execute(
-        "SELECT e.event_time_ns - e.event_time_ns %% %s, e.rule_id, e.kind, e.payload, ta.value"
-        " FROM events e LEFT JOIN track_attributes ta ON ta.scenario_id = e.scenario_id"
-        " AND ta.channel_id = e.channel_id AND ta.track_id = e.track_id AND ta.name = %s"
-        " WHERE e.scenario_id = %s AND e.event_time_ns >= %s AND e.event_time_ns < %s"
-        " AND e.rule_id = ANY(%s)",
-        (interval_ns, name, scenario_id, lo, hi, sorted({r for _, r in page})),
-    )
     counts: dict[tuple[int, str, int, int, str], int] = defaultdict(int)
-    for bucket, rule_id, kind, payload, value in await cur.fetchall():
+    events = await repo.attribute_events(
+        conn,
+        scenario_id,
+        name=name,
+        lo=lo,
+        hi=hi,
+        interval_ns=interval_ns,
+        rule_ids=sorted({r for _, r in page}),
+    )
+    for bucket, rule_id, kind, payload, value in events:
         if (int(bucket), rule_id) not in wanted:
             continue
         direction = 0
@@ -394,30 +305,3 @@ async def _attribute_counts(
             value=value,
             count=n,
         )
-
-
-async def _aggregate(
-    conn: Conn, scenario_id: uuid.UUID, lo: int, hi: int, interval_ns: int, rule_ids: list[str]
-) -> dict[tuple[int, str], _Agg]:
-    cur = await conn.execute(
-        "SELECT interval_start_ns - interval_start_ns %% %s AS bucket, rule_id, sum(a_to_b), sum(b_to_a),"
-        " sum(enters), sum(exits), max(max_occupancy),"
-        " sum(mean_occupancy::float8 * (interval_end_ns - interval_start_ns)), sum(loitering),"
-        " sum(mean_dwell_ms::float8 * exits)"
-        " FROM counts WHERE scenario_id = %s AND interval_start_ns >= %s AND interval_start_ns < %s"
-        " AND rule_id = ANY(%s) GROUP BY 1, 2",
-        (interval_ns, scenario_id, lo, hi, rule_ids),
-    )
-    out: dict[tuple[int, str], _Agg] = {}
-    for bucket, rule_id, a2b, b2a, enters, exits, max_occ, occ_ns, loit, dwell in await cur.fetchall():
-        out[(int(bucket), rule_id)] = _Agg(
-            int(a2b),
-            int(b2a),
-            int(enters),
-            int(exits),
-            int(max_occ or 0),
-            float(occ_ns or 0),
-            int(loit),
-            float(dwell or 0),
-        )
-    return out

@@ -1,8 +1,7 @@
-# ruff: noqa: S608  (SQL is assembled from constant fragments only; every value is a bound parameter)
 """Retention: stored results older than ``retention_hours`` are deleted, in small batches per scenario so no
 delete holds locks or bloats WAL for long; delivered outbox rows are purged after the same time.
 
-Deletes go through each table's primary key (scenario_id, time, ...), so no extra time index is needed.
+The deletes themselves are ``repo.results.delete_older``.
 """
 
 from __future__ import annotations
@@ -15,41 +14,29 @@ from vap_common.tasks import cancel_and_wait
 from vap_control import lifecycle, metrics
 from vap_control.db.pool import Pool
 from vap_control.repo import outbox as outbox_repo
+from vap_control.repo import results as results_repo
 from vap_control.repo import scenarios as repo
 from vap_control.settings import ControlSettings
 
 _log = get_logger("vap.control.retention")
 
-# table -> its time column (Unix ns).
-TABLES = {
-    "detections": "capture_time_ns",
-    "frames": "capture_time_ns",
-    "tracks": "capture_time_ns",
-    "tracked_frames": "capture_time_ns",
-    "events": "event_time_ns",
-    "counts": "interval_start_ns",
-}
 BATCH = 10_000
 # The scenario and outbox gauges are refreshed this often (one cheap GROUP BY).
 GAUGE_PERIOD_S = 15.0
 
 
 async def purge(pool: Pool, *, older_than_ns: int, keep_outbox_s: float) -> dict[str, int]:
-    deleted = dict.fromkeys(TABLES, 0)
+    deleted = dict.fromkeys(results_repo.TIME_COLUMNS, 0)
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT id FROM scenarios")
-        scenario_ids = [r[0] for r in await cur.fetchall()]
-        for scenario_id in scenario_ids:
-            for table, column in TABLES.items():
+        for scenario_id in await repo.all_ids(conn):
+            for table in results_repo.TIME_COLUMNS:
                 while True:
                     async with conn.transaction():
-                        cur = await conn.execute(
-                            f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table}"
-                            f" WHERE scenario_id = %s AND {column} < %s LIMIT %s))".encode(),
-                            (scenario_id, older_than_ns, BATCH),
+                        n = await results_repo.delete_older(
+                            conn, table, scenario_id=scenario_id, older_than_ns=older_than_ns, limit=BATCH
                         )
-                    deleted[table] += cur.rowcount
-                    if cur.rowcount < BATCH:
+                    deleted[table] += n
+                    if n < BATCH:
                         break
         async with conn.transaction():
             await outbox_repo.purge_sent(conn, older_than_s=keep_outbox_s)

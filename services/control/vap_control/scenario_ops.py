@@ -11,7 +11,7 @@ from google.protobuf import field_mask_pb2
 
 from vap_common.logs import get_logger
 from vap_common.redact import redact_url
-from vap_control import lifecycle, pagetokens, placement, validation
+from vap_control import lifecycle, pagetokens, placement, status, validation
 from vap_control.db.pool import Pool
 from vap_control.errors import (
     AbortedError,
@@ -81,8 +81,8 @@ class ScenarioOps:
                 f"no decoder capacity: all {alive} live decoder agents run their MAX_WORKERS channels"
             )
 
-    async def _enqueue_start(self, conn: Conn, row: ScenarioRow) -> None:
-        await placement.enqueue_start(conn, row, self._settings)
+    async def _enqueue_start(self, conn: Conn, row: ScenarioRow, change: status.Change) -> None:
+        await placement.enqueue_start(conn, row, self._settings, change)
 
     async def _enqueue_stop(self, conn: Conn, row: ScenarioRow) -> None:
         await outbox_repo.cancel_pending_starts(conn, row.id)
@@ -123,7 +123,7 @@ class ScenarioOps:
                 return control_pb2.CreateScenarioResponse(scenario=repo.to_proto(existing), created=False)
             row = await self._locked(conn, sid)
             if req.start:
-                await self._enqueue_start(conn, row)
+                await self._enqueue_start(conn, row, status.start_requested(row.status_value))
             row = await self._locked(conn, sid)
         _log.info("scenario created", scenario=str(sid), source=redact_url(s.source.url), start=req.start)
         return control_pb2.CreateScenarioResponse(scenario=repo.to_proto(row), created=True)
@@ -159,12 +159,12 @@ class ScenarioOps:
         async with self._pool.connection() as conn, conn.transaction():
             row = await self._locked(conn, scenario_id)
             try:
-                target = lifecycle.start_target(row.status_value)
+                change = status.start_requested(row.status_value)
             except lifecycle.IllegalTransitionError as exc:
                 raise FailedPreconditionError(f"cannot start scenario {scenario_id}: {exc}") from None
-            if target is not None:
+            if change:
                 await self._check_capacity(conn)
-                await self._enqueue_start(conn, row)
+                await self._enqueue_start(conn, row, change)
                 row = await self._locked(conn, scenario_id)
         return repo.to_proto(row)
 
@@ -172,11 +172,11 @@ class ScenarioOps:
         async with self._pool.connection() as conn, conn.transaction():
             row = await self._locked(conn, scenario_id)
             try:
-                target = lifecycle.stop_target(row.status_value)
+                change = status.stop_requested(row.status_value)
             except lifecycle.IllegalTransitionError as exc:
                 raise FailedPreconditionError(f"cannot stop scenario {scenario_id}: {exc}") from None
-            if target is not None:
-                await repo.apply_path(conn, row, [target])
+            if change:
+                await repo.apply_change(conn, row, change)
                 await self._enqueue_stop(conn, row)
                 row = await self._locked(conn, scenario_id)
         return repo.to_proto(row)

@@ -29,7 +29,7 @@ from vap_control.bus import Bus
 from vap_control.db.migrate import migrate
 from vap_control.db.pool import Pool, open_pool
 from vap_control.grpc_api import ControlApi
-from vap_control.inbox import Inbox
+from vap_control.inbox.consume import Inbox
 from vap_control.inference import InferenceClient
 from vap_control.outbox import OutboxRelay
 from vap_control.retention import Retention

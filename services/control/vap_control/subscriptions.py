@@ -28,7 +28,7 @@ from vap_common.logs import get_logger
 from vap_common.tasks import cancel_and_wait
 from vap_control import metrics
 from vap_control.bus import Bus
-from vap_control.inbox import event_kind
+from vap_control.inbox.parse import event_kind
 from vap_proto.v1 import analytics_pb2, control_pb2, detection_pb2, tracking_pb2
 
 _log = get_logger("vap.control.subscriptions")

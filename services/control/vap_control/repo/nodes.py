@@ -10,12 +10,12 @@ from datetime import datetime
 
 from psycopg.types.json import Jsonb
 
-from vap_control import lifecycle
+from vap_control import status
 from vap_control.repo.scenarios import Conn
 from vap_proto.v1 import agent_pb2
 
 # Scenarios with a decoder process that placement may have to move.
-_MOVABLE = [int(lifecycle.IN_STARTUP_PROCESSING), int(lifecycle.ACTIVE)]
+_MOVABLE = sorted(int(s) for s in status.MOVABLE)
 
 
 @dataclass(slots=True)
@@ -112,6 +112,26 @@ async def scenarios_of_silent_agents(
         (agent_timeout_s, list(statuses)),
     )
     return [(r[0], str(r[1])) for r in await cur.fetchall()]
+
+
+async def scenarios_on_agent(conn: Conn, agent_id: str, *, statuses: Sequence[int]) -> list[uuid.UUID]:
+    """Scenarios in ``statuses`` placed on ``agent_id``."""
+    cur = await conn.execute(
+        "SELECT w.scenario_id FROM workers w JOIN scenarios s ON s.id = w.scenario_id"
+        " WHERE w.agent_id = %s AND s.status = ANY(%s) ORDER BY w.scenario_id",
+        (agent_id, list(statuses)),
+    )
+    return [r[0] for r in await cur.fetchall()]
+
+
+async def channels_placed_elsewhere(conn: Conn, channel_ids: Sequence[str], *, agent_id: str) -> list[str]:
+    """Those of ``channel_ids`` whose scenario is placed on an agent other than ``agent_id``."""
+    cur = await conn.execute(
+        "SELECT s.channel_id FROM scenarios s JOIN workers w ON w.scenario_id = s.id"
+        " WHERE s.channel_id = ANY(%s) AND w.agent_id <> %s ORDER BY s.channel_id",
+        (list(channel_ids), agent_id),
+    )
+    return [str(r[0]) for r in await cur.fetchall()]
 
 
 async def scenarios_of_draining_nodes(

@@ -18,6 +18,9 @@ from psycopg.rows import class_row
 from vap_control.repo.scenarios import Conn
 from vap_proto.v1 import agent_pb2, scenario_pb2
 
+# The outbox trigger (db/migrations) notifies this channel on every insert.
+NOTIFY_CHANNEL = "vap_outbox"
+
 START = "start_channel"
 STOP = "stop_channel"
 CONFIG = "scenario_config"
@@ -129,6 +132,20 @@ async def retry_later(
         " attempts = attempts + %s, last_error = %s, agent_id = %s WHERE id = %s",
         (delay_s, 1 if count_attempt else 0, error, agent_id, row_id),
     )
+
+
+async def make_waiting_starts_due(conn: Conn) -> None:
+    """Starts waiting for an agent with room (none placed yet) become due now, not after their backoff."""
+    await conn.execute(
+        "UPDATE outbox SET next_attempt_at = now() WHERE state = 'pending' AND kind = %s"
+        " AND agent_id IS NULL AND next_attempt_at > now()",
+        (START,),
+    )
+
+
+async def listen(conn: Conn) -> None:
+    """LISTEN on ``conn`` (autocommit) for outbox inserts; ``conn.notifies()`` then yields one per insert."""
+    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}".encode())
 
 
 async def set_agent(conn: Conn, row_id: int, agent_id: str | None) -> None:

@@ -19,7 +19,7 @@ from psycopg.rows import TupleRow, class_row
 from psycopg.types.json import Jsonb
 
 from vap_common.redact import redact_text, redact_url
-from vap_control import lifecycle
+from vap_control import lifecycle, status
 from vap_proto.v1 import health_pb2, scenario_pb2
 
 Conn = AsyncConnection[TupleRow]
@@ -197,6 +197,11 @@ async def list_for_channels(
         return await cur.fetchall()
 
 
+async def all_ids(conn: Conn) -> list[uuid.UUID]:
+    cur = await conn.execute("SELECT id FROM scenarios")
+    return [r[0] for r in await cur.fetchall()]
+
+
 async def status_counts(conn: Conn) -> dict[int, int]:
     cur = await conn.execute("SELECT status, count(*) FROM scenarios GROUP BY status")
     return {int(status): int(n) for status, n in await cur.fetchall()}
@@ -262,18 +267,26 @@ async def delete(conn: Conn, scenario_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM scenarios WHERE id = %s", (scenario_id,))
 
 
-async def apply_path(
+async def apply_change(conn: Conn, row: ScenarioRow, change: status.Change) -> None:
+    """Apply a decision of ``vap_control.status`` to a locked scenario; ``row`` is updated in place."""
+    if change.path:
+        await _apply_path(conn, row, change.path, change.reason or "", clear_health=change.starts)
+    elif change.reason is not None:
+        await _set_reason(conn, row.id, change.reason)
+    if change.release:
+        await release_worker(conn, row.id)
+
+
+async def _apply_path(
     conn: Conn,
     row: ScenarioRow,
     path: Sequence[Status],
-    reason: str = "",
+    reason: str,
     *,
-    clear_health: bool = False,
+    clear_health: bool,
 ) -> None:
     """Move a locked scenario through ``path`` (each step checked against the lifecycle table), recording
-    every step. ``row`` is updated in place. ``reason`` becomes status_reason (already redacted)."""
-    if not path:
-        return
+    every step. ``reason`` becomes status_reason (already redacted)."""
     current = row.status_value
     for target in path:
         lifecycle.check(current, target)
@@ -295,28 +308,7 @@ async def apply_path(
         row.health = None
 
 
-async def advance(
-    conn: Conn,
-    row: ScenarioRow,
-    target: Status,
-    chain: Sequence[Status],
-    reason: str = "",
-) -> bool:
-    """Walk a locked scenario along ``chain`` up to ``target``; False (nothing done) for a stale event."""
-    path = lifecycle.walk(row.status_value, target, chain)
-    await apply_path(conn, row, path, reason)
-    return bool(path)
-
-
-async def fail(conn: Conn, row: ScenarioRow, reason: str) -> bool:
-    """Move a locked scenario to FAILED unless it is INACTIVE or FAILED already."""
-    if not lifecycle.is_legal(row.status_value, lifecycle.FAILED):
-        return False
-    await apply_path(conn, row, [lifecycle.FAILED], reason)
-    return True
-
-
-async def set_reason(conn: Conn, scenario_id: uuid.UUID, reason: str) -> None:
+async def _set_reason(conn: Conn, scenario_id: uuid.UUID, reason: str) -> None:
     await conn.execute(
         "UPDATE scenarios SET status_reason = %s WHERE id = %s AND status_reason IS DISTINCT FROM %s",
         (reason, scenario_id, reason),
@@ -370,6 +362,19 @@ async def update_worker(
         " AND (pid, ring) IS DISTINCT FROM (%s, coalesce(%s, ring))",
         (pid, ring or None, start_time, scenario_id, agent_id, pid, ring or None),
     )
+
+
+async def placed_before(
+    conn: Conn, scenario_id: uuid.UUID, *, seconds: float, reported: datetime | None, margin_s: float
+) -> bool:
+    """Whether the scenario's placement is older than ``seconds`` now and, when ``reported`` is given, older
+    than ``margin_s`` at that time too."""
+    cur = await conn.execute(
+        "SELECT 1 FROM workers WHERE scenario_id = %s AND update_time < now() - make_interval(secs => %s)"
+        " AND (%s::timestamptz IS NULL OR update_time < %s::timestamptz - make_interval(secs => %s))",
+        (scenario_id, seconds, reported, reported, margin_s),
+    )
+    return await cur.fetchone() is not None
 
 
 async def release_worker(conn: Conn, scenario_id: uuid.UUID) -> None:
