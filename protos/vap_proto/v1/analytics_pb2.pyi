@@ -645,6 +645,7 @@ class IntervalCounts(_message.Message):
     INTERVAL_END_NS_FIELD_NUMBER: _builtins.int
     LINE_FIELD_NUMBER: _builtins.int
     ZONE_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
     scenario_id: _builtins.str
     """Scenario the counts belong to."""
     channel_id: _builtins.str
@@ -652,9 +653,20 @@ class IntervalCounts(_message.Message):
     rule_id: _builtins.str
     """Rule the counts belong to."""
     interval_start_ns: _builtins.int
-    """Start of the interval, inclusive (Unix epoch, ns), aligned to a multiple of the interval length."""
+    """Start of the interval, inclusive (Unix epoch, ns), aligned to a multiple of the interval length;
+    published by the tracker: the first interval of a run starts at the run's first frame.
+    """
     interval_end_ns: _builtins.int
-    """End of the interval, exclusive (Unix epoch, ns)."""
+    """End of the interval, exclusive (Unix epoch, ns); published by the tracker: an interval closed early (its
+    rule or scenario stopped) ends just after its last frame. The tracker's counts are exactly the events
+    with event_time_ns in [interval_start_ns, interval_end_ns).
+    """
+    partial: _builtins.bool
+    """QueryCounts only: the interval is not over, or part of it is not stored as counts yet (the tracker
+    publishes an interval when it closes); that part is counted from the stored events (line crossings,
+    zone enters/exits/loitering, the highest occupancy they report; mean occupancy covers the stored part
+    only). Counts and events then agree for every time range at any moment.
+    """
     @_builtins.property
     def line(self) -> Global___LineCounts:
         """Counts of a line rule."""
@@ -673,10 +685,11 @@ class IntervalCounts(_message.Message):
         interval_end_ns: _builtins.int = ...,
         line: Global___LineCounts | None = ...,
         zone: Global___ZoneCounts | None = ...,
+        partial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "line", b"line", "zone", b"zone"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "counts", b"counts", "interval_end_ns", b"interval_end_ns", "interval_start_ns", b"interval_start_ns", "line", b"line", "rule_id", b"rule_id", "scenario_id", b"scenario_id", "zone", b"zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "counts", b"counts", "interval_end_ns", b"interval_end_ns", "interval_start_ns", b"interval_start_ns", "line", b"line", "partial", b"partial", "rule_id", b"rule_id", "scenario_id", b"scenario_id", "zone", b"zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_counts: _TypeAlias = _typing.Literal["line", "zone"]  # noqa: Y015
     _WhichOneofArgType_counts: _TypeAlias = _typing.Literal["counts", b"counts"]  # noqa: Y015

@@ -244,6 +244,9 @@ async def query_counts(
     sums = await repo.count_sums(
         conn, scenario.id, lo=lo, hi=hi, interval_ns=interval_ns, rule_ids=list(rules)
     )
+    uncounted = _count_events(
+        await repo.uncounted_events(conn, scenario.id, lo=lo, hi=hi, rule_ids=list(rules)), sums, interval_ns
+    )
     for bucket, rule_id in page:
         agg = sums.get((bucket, rule_id), repo.CountSums())
         ic = response.counts.add(
@@ -252,6 +255,7 @@ async def query_counts(
             rule_id=rule_id,
             interval_start_ns=bucket,
             interval_end_ns=bucket + interval_ns,
+            partial=(bucket, rule_id) in uncounted or bucket + interval_ns > now_ns,
         )
         if rules[rule_id] == "line":
             ic.line.a_to_b, ic.line.b_to_a = agg.a_to_b, agg.b_to_a
@@ -266,6 +270,33 @@ async def query_counts(
         last_bucket, last_rule_id = page[-1]
         response.next_page_token = pagetokens.encode(req, [last_bucket, last_rule_id])
     return response
+
+
+def _count_events(
+    events: list[repo.UncountedEvent], sums: dict[tuple[int, str], repo.CountSums], interval_ns: int
+) -> set[tuple[int, str]]:
+    """Add events no stored interval counted to their buckets' sums as the tracker counts them; returns the
+    buckets that got any."""
+    touched: set[tuple[int, str]] = set()
+    for ev in events:
+        key = (ev.event_time_ns - ev.event_time_ns % interval_ns, ev.rule_id)
+        agg = sums.setdefault(key, repo.CountSums())
+        touched.add(key)
+        event = analytics_pb2.AnalyticsEvent.FromString(ev.payload)
+        if ev.kind == analytics_pb2.EVENT_KIND_LINE_CROSSING:
+            if event.line_crossing.direction == analytics_pb2.CROSSING_DIRECTION_A_TO_B:
+                agg.a_to_b += 1
+            elif event.line_crossing.direction == analytics_pb2.CROSSING_DIRECTION_B_TO_A:
+                agg.b_to_a += 1
+        elif ev.kind == analytics_pb2.EVENT_KIND_ZONE_ENTER:
+            agg.enters += 1
+            agg.max_occupancy = max(agg.max_occupancy, event.zone_enter.occupancy)
+        elif ev.kind == analytics_pb2.EVENT_KIND_ZONE_EXIT:
+            agg.exits += 1
+            agg.dwell_weighted += event.zone_exit.dwell_ms
+        elif ev.kind == analytics_pb2.EVENT_KIND_LOITERING:
+            agg.loitering += 1
+    return touched
 
 
 async def _attribute_counts(

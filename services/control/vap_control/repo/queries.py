@@ -16,7 +16,7 @@ from typing import Any, LiteralString, NamedTuple, TypeVar
 from psycopg.rows import args_row
 
 from vap_control.repo.scenarios import Conn
-from vap_proto.v1 import tracking_pb2
+from vap_proto.v1 import analytics_pb2, tracking_pb2
 
 FrameKey = tuple[int, str, int, int]  # capture_time_ns, channel, epoch, sequence (within one scenario)
 _R = TypeVar("_R")
@@ -308,6 +308,42 @@ async def count_sums(
             float(dwell or 0),
         )
     return out
+
+
+class UncountedEvent(NamedTuple):
+    event_time_ns: int
+    rule_id: str
+    kind: int
+    payload: bytes
+
+
+# Counted kinds: what RuleCounter counts (dwell reports are not counted).
+COUNTED_KINDS = (
+    analytics_pb2.EVENT_KIND_LINE_CROSSING,
+    analytics_pb2.EVENT_KIND_ZONE_ENTER,
+    analytics_pb2.EVENT_KIND_ZONE_EXIT,
+    analytics_pb2.EVENT_KIND_LOITERING,
+)
+# No stored interval is longer than this (the scenario's count interval is at most a day: validation).
+MAX_INTERVAL_NS = 86_400 * 10**9
+
+
+async def uncounted_events(
+    conn: Conn, scenario_id: uuid.UUID, *, lo: int, hi: int, rule_ids: Sequence[str]
+) -> list[UncountedEvent]:
+    """The counted kinds' events in [lo, hi) that no stored count interval of their rule covers: those of
+    an interval still open, or never published (a tracker that died mid-interval)."""
+    return await _fetch(
+        conn,
+        UncountedEvent,
+        b"SELECT e.event_time_ns, e.rule_id, e.kind, e.payload FROM events e"
+        b" WHERE e.scenario_id = %s AND e.event_time_ns >= %s AND e.event_time_ns < %s"
+        b" AND e.rule_id = ANY(%s) AND e.kind = ANY(%s) AND NOT EXISTS (SELECT 1 FROM counts c"
+        b" WHERE c.scenario_id = e.scenario_id AND c.interval_start_ns <= e.event_time_ns"
+        b" AND c.interval_start_ns > e.event_time_ns - %s AND c.interval_end_ns > e.event_time_ns"
+        b" AND c.rule_id = e.rule_id)",
+        (scenario_id, lo, hi, list(rule_ids), [int(k) for k in COUNTED_KINDS], MAX_INTERVAL_NS),
+    )
 
 
 async def attribute_events(
