@@ -2,7 +2,9 @@
 
 Figures come from the control API only (so `vap watch` on another machine sees the same): tracked
 detections and events are streamed (StreamDetections tracked=true, StreamEvents), channel state, fps and
-latency are polled (ListChannels). A stream that breaks (control restarting) is re-opened after a second.
+latency are polled (ListChannels), line counts are those of the last hour as QueryCounts gives them
+(vap_common.counts: the same numbers as the web view and the API). A stream that breaks (control
+restarting) is re-opened after a second.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Literal
 
 import grpc
 
+from vap_common.counts import WINDOW_MINUTES, query_counts, totals
 from vap_proto.v1 import control_pb2, control_pb2_grpc, health_pb2
 
 Metadata = tuple[tuple[str, str], ...]
@@ -33,8 +36,9 @@ class CameraView:
     reconnects: int = 0
     people: int = 0
     track_ids: set[int] = field(default_factory=set)
-    # rule id -> (label a->b, total, label b->a, total) from the newest crossing event
+    # rule id -> (label a->b, count, label b->a, count) over the last hour (QueryCounts)
     lines: dict[str, tuple[str, int, str, int]] = field(default_factory=dict)
+    labels: dict[str, tuple[str, str]] = field(default_factory=dict)  # line rule id -> direction labels
     zones: dict[str, int] = field(default_factory=dict)
     events: int = 0
     frames: deque[float] = field(default_factory=lambda: deque(maxlen=200))
@@ -59,6 +63,7 @@ class LiveView:
         self._poll_s = poll_s
         self.cameras = {sid: CameraView(camera, sid) for camera, sid in scenarios.items()}
         self.recent_events: deque[str] = deque(maxlen=8)
+        self._recount = asyncio.Event()  # a crossing happened: query the counts again soon
 
     # -- data --------------------------------------------------------------------------------------------
     async def _detections(self) -> None:
@@ -85,13 +90,7 @@ class LiveView:
             kind = ev.WhichOneof("kind")
             if kind == "line_crossing":
                 lc = ev.line_crossing
-                old = view.lines.get(ev.rule_id, ("a_to_b", 0, "b_to_a", 0))
-                labels = (old[0], old[2])
-                if lc.direction_label:
-                    # The event names its own direction; the other label is kept from earlier events.
-                    a_to_b = lc.direction == 1
-                    labels = (lc.direction_label, old[2]) if a_to_b else (old[0], lc.direction_label)
-                view.lines[ev.rule_id] = (labels[0], lc.total_a_to_b, labels[1], lc.total_b_to_a)
+                self._recount.set()
                 what = f"crossed {ev.rule_id} ({lc.direction_label or lc.direction})"
             elif kind == "zone_enter":
                 view.zones[ev.rule_id] = ev.zone_enter.occupancy
@@ -121,6 +120,33 @@ class LiveView:
                 view.fps = ch.detection_fps
             await asyncio.sleep(self._poll_s)
 
+    async def _counts(self) -> None:
+        for view in self.cameras.values():
+            if not view.labels:
+                reply = await self._stub.GetScenario(
+                    control_pb2.GetScenarioRequest(scenario_id=view.scenario_id),
+                    metadata=self._md,
+                    timeout=10,
+                )
+                view.labels = {
+                    r.rule_id: (r.line.a_to_b_label or "a_to_b", r.line.b_to_a_label or "b_to_a")
+                    for r in reply.scenario.analytics.rules
+                    if r.WhichOneof("kind") == "line"
+                }
+        while True:
+            for view in self.cameras.values():
+                counts, _ = await query_counts(
+                    self._stub, view.scenario_id, minutes=WINDOW_MINUTES, metadata=self._md
+                )
+                for rule_id, tot in totals(counts).items():
+                    if tot.kind == "line":
+                        a, b = view.labels.get(rule_id, ("a_to_b", "b_to_a"))
+                        view.lines[rule_id] = (a, tot.a_to_b, b, tot.b_to_a)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recount.wait(), self._poll_s)
+                await asyncio.sleep(1.0)  # the control service stores results in batches
+            self._recount.clear()
+
     @staticmethod
     async def _forever(source: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -133,8 +159,19 @@ class LiveView:
         from rich.table import Table
 
         table = Table(title="VAP — live (Ctrl+C stops)", expand=False)
-        for column in ("camera", "state", "fps", "latency p50", "people now", "tracks", "lines / zones"):
-            table.add_column(column, justify="right" if column in ("fps", "people now", "tracks") else "left")
+        columns = (
+            "camera",
+            "state",
+            "fps",
+            "latency p50",
+            "people now",
+            "ids seen",
+            "lines (last hour) / zones",
+        )
+        for column in columns:
+            table.add_column(
+                column, justify="right" if column in ("fps", "people now", "ids seen") else "left"
+            )
         for view in self.cameras.values():
             table.add_row(
                 view.camera,
@@ -152,7 +189,7 @@ class LiveView:
     def line(self, view: CameraView) -> str:
         return (
             f"{view.camera}: state={view.state} fps={view.fps:.1f} latency_p50={view.latency_ms:.0f}ms "
-            f"people={view.people} tracks={len(view.track_ids)} counts=[{view.line_text()}]"
+            f"people={view.people} ids_seen={len(view.track_ids)} counts_last_hour=[{view.line_text()}]"
         )
 
     def print_summary(self) -> None:
@@ -162,7 +199,7 @@ class LiveView:
     async def run(self, mode: Literal["table", "lines", "none"], *, interval: float = 5.0) -> None:
         tasks = [
             asyncio.ensure_future(self._forever(source))
-            for source in (self._detections, self._events, self._channels)
+            for source in (self._detections, self._events, self._channels, self._counts)
         ]
         try:
             if mode == "table":

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import http.client
 import json
 import re
 import signal
@@ -22,13 +24,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
 
 from vap_common.paths import sample_video
 from vap_control.testing import authenticated_channel, wait_for
-from vap_proto.v1 import control_pb2, control_pb2_grpc
+from vap_proto.v1 import analytics_pb2, common_pb2, control_pb2, control_pb2_grpc, scenario_pb2
 from vap_proto.v1.health_pb2 import CHANNEL_STATE_STREAMING as STREAMING
 from vap_rtspcam import RtspCamera, unavailable_reason
 from vap_rtspcam.fixtures import RtspCameraFactory
@@ -72,7 +75,7 @@ def stack(
     config = {
         "site": "e2e",
         "data_dir": str(workdir / "data"),
-        "ports": {"control": 0, "inference": 0, "metrics_base": 0},
+        "ports": {"control": 0, "inference": 0, "metrics_base": 0, "web": 0},
         "cameras": [
             {"id": cid, "url": cam.url, "fps": 5, "model": MODEL, "confidence": 0.4, "lines": LINES}
             for cid, cam in cams.items()
@@ -340,7 +343,7 @@ def test_cli_watch(stack: dict[str, Any], tmp_path: Path) -> None:
             if line.startswith("summary ")
         }
         assert set(summary) == {"cam-a", "cam-b"}, timed.stdout
-        tracks = {cam: re.search(r" tracks=(\d+) ", line) for cam, line in summary.items()}
+        tracks = {cam: re.search(r" ids_seen=(\d+) ", line) for cam, line in summary.items()}
         assert all(m is not None and int(m[1]) > 0 for m in tracks.values()), timed.stdout
         assert "watching cam-a, cam-b" in err.read_text()  # the watch under test is past its setup
         interrupted.send_signal(signal.SIGINT)
@@ -352,3 +355,158 @@ def test_cli_watch(stack: dict[str, Any], tmp_path: Path) -> None:
     assert interrupted.returncode == EXIT_OK, err.read_text()
     assert "summary cam-a:" in out and "summary cam-b:" in out, out
     assert "Traceback" not in err.read_text()
+
+
+A_TO_B = analytics_pb2.CROSSING_DIRECTION_A_TO_B
+B_TO_A = analytics_pb2.CROSSING_DIRECTION_B_TO_A
+
+
+async def _status_is(api: control_pb2_grpc.ControlServiceAsyncStub, sid: str, want: str) -> bool:
+    got = await api.GetScenario(control_pb2.GetScenarioRequest(scenario_id=sid), timeout=10)
+    return bool(scenario_pb2.ScenarioStatus.Name(got.scenario.status).endswith(want))
+
+
+def _web_get(stack: dict[str, Any], path: str, token: str) -> tuple[int, dict[str, str], bytes]:
+    base = stack["state"]["web"]
+    assert base, "the stack's live web view did not start"
+    parts = urlsplit(base.rstrip("/") + path)
+    conn = http.client.HTTPConnection(parts.netloc, timeout=15)
+    try:
+        conn.request("GET", parts.path, headers={"Authorization": f"Bearer {token}"})
+        reply = conn.getresponse()
+        return reply.status, dict(reply.getheaders()), reply.read()
+    finally:
+        conn.close()
+
+
+def _by_line(pairs: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    return dict(collections.Counter(pairs))
+
+
+async def _counted(
+    api: control_pb2_grpc.ControlServiceAsyncStub, sid: str, start_ns: int
+) -> dict[tuple[str, int], int]:
+    """QueryCounts since ``start_ns`` (all pages), per (line, direction)."""
+    from vap_common.counts import totals
+
+    window = common_pb2.TimeRange()
+    window.start_time.FromNanoseconds(start_ns)
+    request = control_pb2.QueryCountsRequest(scenario_id=sid, time_range=window, page_size=1000)
+    counts = list((await api.QueryCounts(request, timeout=10)).counts)
+    out: dict[tuple[str, int], int] = {}
+    for rule, t in totals(counts).items():
+        out[(rule, A_TO_B)], out[(rule, B_TO_A)] = t.a_to_b, t.b_to_a
+    return {k: v for k, v in out.items() if v}
+
+
+async def _queried_events(
+    api: control_pb2_grpc.ControlServiceAsyncStub, sid: str, start_ns: int
+) -> dict[tuple[str, int], int]:
+    """QueryEvents' line crossings since ``start_ns`` (all pages), per (line, direction)."""
+    window = common_pb2.TimeRange()
+    window.start_time.FromNanoseconds(start_ns)
+    request = control_pb2.QueryEventsRequest(scenario_id=sid, time_range=window, page_size=500)
+    pairs: list[tuple[str, int]] = []
+    while True:
+        page = await api.QueryEvents(request, timeout=10)
+        pairs += [(e.rule_id, e.line_crossing.direction) for e in page.events if e.HasField("line_crossing")]
+        if not page.next_page_token:
+            return _by_line(pairs)
+        request.page_token = page.next_page_token
+
+
+async def test_every_surface_shows_the_same_counts(
+    stack: dict[str, Any], api: control_pb2_grpc.ControlServiceAsyncStub, rtsp_camera: RtspCameraFactory
+) -> None:
+    """One scene, every place a count is shown: StreamEvents, QueryEvents, QueryCounts (5 s intervals, the
+    open one included), the web camera list and `vap watch`. While the scene runs, QueryCounts and
+    QueryEvents agree for the same window at any moment (the open interval is counted from its events:
+    before, it read 0 while its events were already stored and streamed, and the pages disagreed, e.g.
+    2 vs 9); after the stop every surface gives the same numbers, and a window that starts mid-run
+    (interval-aligned) agrees too."""
+    from vap_stack.config import Camera
+
+    proc: StackProcess = stack["proc"]
+    cam = rtsp_camera(VIDEO, path="cam-counts")
+    streamed: list[tuple[str, str, int, int]] = []  # scenario, line, direction, event time
+
+    async def stream_events() -> None:
+        async for item in api.StreamEvents(control_pb2.StreamEventsRequest(), timeout=600):
+            ev = item.event
+            if ev.HasField("line_crossing"):
+                streamed.append((ev.scenario_id, ev.rule_id, ev.line_crossing.direction, ev.event_time_ns))
+
+    listener = asyncio.ensure_future(stream_events())
+    await asyncio.sleep(1.0)  # the subscription is in place before the scenario exists
+    spec = Camera(
+        id="counts", url=cam.url, fps=5, model=MODEL, confidence=0.4, lines=LINES, count_interval_s=5
+    ).scenario(cam.url, site="e2e")
+    sid = (
+        await api.CreateScenario(control_pb2.CreateScenarioRequest(scenario=spec, start=True), timeout=30)
+    ).scenario.id
+    start_ns = time.time_ns() - 60 * 10**9  # before anything happened
+    try:
+        # While it runs: the same window through both queries, taken between two identical count reads.
+        agreed = 0
+        deadline = time.monotonic() + 90
+        while agreed < 3 and time.monotonic() < deadline:
+            before = await _counted(api, sid, start_ns)
+            events = await _queried_events(api, sid, start_ns)
+            after = await _counted(api, sid, start_ns)
+            if before == after and sum(after.values()) > agreed:
+                assert events == after, f"while running: events {events} vs counts {after}"
+                agreed = sum(after.values())
+            await asyncio.sleep(1.0)
+        assert agreed >= 3, f"too few crossings to compare ({agreed}): the scene must cross the lines"
+        await api.StopScenario(control_pb2.StopScenarioRequest(scenario_id=sid), timeout=30)
+
+        async def settled() -> bool:
+            mine = _by_line([(line, d) for s, line, d, _ in streamed if s == sid])
+            return bool(mine) and await _queried_events(api, sid, start_ns) == mine
+
+        await wait_for(settled, 30.0, "every streamed event to be stored")
+        truth = _by_line([(line, d) for s, line, d, _ in streamed if s == sid])
+        assert await _counted(api, sid, start_ns) == truth
+        # A window starting mid-run at an interval boundary: both queries count the same events.
+        times = sorted(t for s, _, _, t in streamed if s == sid)
+        mid = times[len(times) // 2]
+        mid -= mid % (5 * 10**9)
+        later = _by_line([(line, d) for s, line, d, t in streamed if s == sid and t >= mid])
+        assert await _counted(api, sid, mid) == later == await _queried_events(api, sid, mid)
+        # The web camera list (last hour) ...
+        status, _, body = _web_get(stack, "/api/cameras", proc.token())
+        assert status == 200
+        row = next(c for c in json.loads(body) if c["id"] == sid)
+        web = {(rule, A_TO_B): c["a_to_b"] for rule, c in row["counts"].items()}
+        web |= {(rule, B_TO_A): c["b_to_a"] for rule, c in row["counts"].items()}
+        assert {k: v for k, v in web.items() if v} == truth
+        # ... and `vap watch` (last hour).
+        watched = proc.cli(
+            "watch",
+            "--scenario",
+            sid,
+            "--display",
+            "lines",
+            "--duration",
+            "4",
+            "--data-dir",
+            str(proc.data_dir),
+        )
+        assert watched.returncode == EXIT_OK, watched.stderr
+        summary = next(line for line in watched.stdout.splitlines() if line.startswith("summary "))
+        shown = {
+            (rule, direction): int(n)
+            for rule, a, na, b, nb in re.findall(r"(\w+) (\w+):(\d+) (\w+):(\d+)", summary)
+            for direction, n in ((A_TO_B, na), (B_TO_A, nb))
+        }
+        assert {k: v for k, v in shown.items() if v} == truth, summary
+    finally:
+        listener.cancel()
+        with contextlib.suppress(BaseException):
+            await listener
+        with contextlib.suppress(Exception):
+            await api.StopScenario(control_pb2.StopScenarioRequest(scenario_id=sid), timeout=30)
+            await wait_for(lambda: _status_is(api, sid, "INACTIVE"), 30.0, "the scenario to stop")
+            await api.DeleteScenario(
+                control_pb2.DeleteScenarioRequest(scenario_id=sid, force=True), timeout=30
+            )

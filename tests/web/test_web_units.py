@@ -221,14 +221,14 @@ def test_tracks_and_counts() -> None:
         rule_id="door",
         line_crossing=analytics_pb2.LineCrossing(direction_label="in", total_a_to_b=4, total_b_to_a=1),
     )
-    assert counts.apply(crossing) and not counts.apply(crossing)
+    # Line figures are not the tracker's running totals: they come from QueryCounts (set_lines).
+    assert not counts.apply(crossing)
     assert counts.apply(
         analytics_pb2.AnalyticsEvent(rule_id="lobby", zone_enter=analytics_pb2.ZoneEnter(occupancy=2))
     )
     assert counts.apply(
         analytics_pb2.AnalyticsEvent(rule_id="lobby", zone_exit=analytics_pb2.ZoneExit(occupancy=1))
     )
-    assert counts.as_json() == {"type": "counts", "lines": {"door": [4, 1]}, "zones": {"lobby": 1}}
     assert payloads.event(crossing)["label"] == "in"
 
     reply = control_pb2.QueryCountsResponse(
@@ -246,11 +246,19 @@ def test_tracks_and_counts() -> None:
             ),
         ]
     )
-    rows = payloads.interval_counts(reply)
+    rows = payloads.interval_counts(reply.counts)
     assert rows[0] == {"start_ms": 60_000, "rule_id": "door", "kind": "line", "a_to_b": 2, "b_to_a": 1}
-    assert payloads.summed(rows) == {
+    assert payloads.summed(reply.counts) == {
         "door": {"kind": "line", "a_to_b": 5, "b_to_a": 1},
         "lobby": {"kind": "zone", "enters": 5, "exits": 4},
+    }
+    summed = payloads.summed(reply.counts)
+    assert counts.set_lines(summed) and not counts.set_lines(summed)
+    assert counts.as_json() == {
+        "type": "counts",
+        "window_minutes": payloads.WINDOW_MINUTES,
+        "lines": {"door": [5, 1]},
+        "zones": {"lobby": 1},
     }
 
 

@@ -662,10 +662,10 @@ class IntervalCounts(_message.Message):
     with event_time_ns in [interval_start_ns, interval_end_ns).
     """
     partial: _builtins.bool
-    """QueryCounts only: the interval is not over, or part of it is not stored as counts yet (the tracker
-    publishes an interval when it closes); that part is counted from the stored events (line crossings,
-    zone enters/exits/loitering, the highest occupancy they report; mean occupancy covers the stored part
-    only). Counts and events then agree for every time range at any moment.
+    """QueryCounts only: the interval is not over (a running scenario), or part of it is not stored as counts
+    yet (the tracker publishes an interval when it closes); that part is counted from the stored events
+    (line crossings, zone enters/exits/loitering, the highest occupancy they report; mean occupancy covers
+    the stored part only). Counts and events then agree for every time range at any moment.
     """
     @_builtins.property
     def line(self) -> Global___LineCounts:

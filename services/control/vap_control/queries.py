@@ -12,7 +12,7 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from vap_control import pagetokens, validation
+from vap_control import lifecycle, pagetokens, validation
 from vap_control.errors import InvalidArgumentError
 from vap_control.repo import queries as repo
 from vap_control.repo.queries import FrameKey
@@ -247,6 +247,8 @@ async def query_counts(
     uncounted = _count_events(
         await repo.uncounted_events(conn, scenario.id, lo=lo, hi=hi, rule_ids=list(rules)), sums, interval_ns
     )
+    # A running scenario's interval is not over before its end; a stopped one's last interval is complete.
+    running = scenario.status_value in lifecycle.RUNNING or scenario.status_value in lifecycle.STOPPING
     for bucket, rule_id in page:
         agg = sums.get((bucket, rule_id), repo.CountSums())
         ic = response.counts.add(
@@ -255,7 +257,7 @@ async def query_counts(
             rule_id=rule_id,
             interval_start_ns=bucket,
             interval_end_ns=bucket + interval_ns,
-            partial=(bucket, rule_id) in uncounted or bucket + interval_ns > now_ns,
+            partial=(bucket, rule_id) in uncounted or (running and bucket + interval_ns > now_ns),
         )
         if rules[rule_id] == "line":
             ic.line.a_to_b, ic.line.b_to_a = agg.a_to_b, agg.b_to_a

@@ -8,17 +8,17 @@ import time
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
 
-from vap_proto.v1 import common_pb2, control_pb2, control_pb2_grpc, scenario_pb2
+from vap_common.counts import WINDOW_MINUTES, query_counts
+from vap_proto.v1 import control_pb2, control_pb2_grpc, scenario_pb2
 from vap_web import payloads
 from vap_web.payloads import Json
 from vap_web.settings import WebSettings
 
 _LIST_PAGE = 200
-# The camera list's counts of the last hour change once per count interval: one query per camera every
-# few seconds is plenty, however many browsers show the list.
-LIST_COUNTS_TTL_S = 5.0
+# One query per camera every few seconds for the camera list's counts of the last hour is plenty, however
+# many browsers show the list.
+LIST_COUNTS_TTL_S = 2.0
 
 
 def metadata(token: str) -> tuple[tuple[str, str]]:
@@ -31,12 +31,6 @@ def open_channel(settings: WebSettings) -> grpc.aio.Channel:
         return grpc.aio.insecure_channel(settings.control_target, options=options)
     credentials = grpc.ssl_channel_credentials(settings.control_ca_file.read_bytes())
     return grpc.aio.secure_channel(settings.control_target, credentials, options=options)
-
-
-def _since(seconds: float) -> common_pb2.TimeRange:
-    start = timestamp_pb2.Timestamp()
-    start.FromNanoseconds(time.time_ns() - int(seconds * 1e9))
-    return common_pb2.TimeRange(start_time=start)
 
 
 class ControlClient:
@@ -100,25 +94,21 @@ class ControlClient:
         self, token: str, scenario_id: str, minutes: float
     ) -> tuple[list[Json], float]:
         """As ``counts``, with the interval size (seconds) they were aggregated to."""
-        rows: list[Json] = []
-        page_token = ""
-        while True:
-            reply = await self.stub.QueryCounts(
-                control_pb2.QueryCountsRequest(
-                    scenario_id=scenario_id,
-                    time_range=_since(minutes * 60),
-                    page_size=1000,
-                    page_token=page_token,
-                ),
-                metadata=metadata(token),
-                timeout=self.timeout,
-            )
-            rows.extend(payloads.interval_counts(reply))
-            page_token = reply.next_page_token
-            if not page_token or len(rows) > 20_000:
-                return rows, reply.interval.seconds + reply.interval.nanos / 1e9
+        counts, interval = await query_counts(
+            self.stub, scenario_id, minutes=minutes, metadata=metadata(token), timeout=self.timeout
+        )
+        return payloads.interval_counts(counts), interval
 
-    async def camera_list(self, token: str, counts_minutes: float = 60.0) -> list[Json]:
+    async def window_totals(
+        self, token: str, scenario_id: str, minutes: float = WINDOW_MINUTES
+    ) -> dict[str, Json]:
+        """Counts per rule over the last ``minutes`` (vap_common.counts: what every surface shows)."""
+        counts, _interval = await query_counts(
+            self.stub, scenario_id, minutes=minutes, metadata=metadata(token), timeout=self.timeout
+        )
+        return payloads.summed(counts)
+
+    async def camera_list(self, token: str, counts_minutes: float = WINDOW_MINUTES) -> list[Json]:
         """Every camera (scenario) with its channel's health and live figures and its counts of the last
         hour, ordered by name."""
         scenarios = await self.scenarios(token)
@@ -139,7 +129,7 @@ class ControlClient:
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         try:
-            summed = payloads.summed(await self.counts(token, scenario_id, minutes))
+            summed = await self.window_totals(token, scenario_id, minutes)
         except grpc.aio.AioRpcError:
             return {}  # a scenario deleted meanwhile, or no counts yet: the row shows none
         self._list_counts[scenario_id] = (time.monotonic() + LIST_COUNTS_TTL_S, summed)

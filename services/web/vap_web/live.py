@@ -151,6 +151,7 @@ class ChannelWatch:
         self._last_tracked = 0.0
         self._sid: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._recount = asyncio.Event()  # a crossing happened: query the counts again soon
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -159,6 +160,7 @@ class ChannelWatch:
         self._tasks = [
             asyncio.ensure_future(self._forever(self._tracked)),
             asyncio.ensure_future(self._forever(self._events)),
+            asyncio.ensure_future(self._forever(self._line_counts)),
             asyncio.ensure_future(self._raw_fallback()),
             asyncio.ensure_future(self._check_tokens()),
         ]
@@ -303,15 +305,36 @@ class ChannelWatch:
             viewer.offer_frame(message)
         return True
 
+    async def _line_counts(self, token: str) -> None:
+        """The lines' counts from QueryCounts (what the camera list and the API say): after each crossing
+        (once the control service has stored it) and every COUNTS_REFRESH_S."""
+        while True:
+            summed = await self._client.window_totals(token, self.scenario_id)
+            if self.counts.set_lines(summed):
+                for viewer in self.viewers:
+                    viewer.offer_text(self.counts.as_json())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recount.wait(), COUNTS_REFRESH_S)
+                await asyncio.sleep(STORE_DELAY_S)  # the inbox stores results in batches
+            self._recount.clear()
+
     async def _events(self, token: str) -> None:
         request = control_pb2.StreamEventsRequest(scenario_ids=[self.scenario_id])
         async for item in self._client.stub.StreamEvents(request, metadata=metadata(token)):
+            if item.event.HasField("line_crossing"):
+                self._recount.set()
             changed = self.counts.apply(item.event)
             message = {"type": "event", **payloads.event(item.event)}
             for viewer in self.viewers:
                 viewer.offer_text(message)
                 if changed:
                     viewer.offer_text(self.counts.as_json())
+
+
+# Line counts are queried again this long after a crossing event (the inbox stores results in batches of
+# up to about half a second) and at least this often.
+STORE_DELAY_S = 1.0
+COUNTS_REFRESH_S = 5.0
 
 
 class Watches:

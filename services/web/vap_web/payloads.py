@@ -7,8 +7,10 @@ errors) goes through ``redact_text`` as well, although the control API redacts t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from vap_common.counts import WINDOW_MINUTES, totals
 from vap_common.redact import redact_text
 from vap_proto.v1 import (
     analytics_pb2,
@@ -129,21 +131,18 @@ def event(ev: analytics_pb2.AnalyticsEvent) -> Json:
 
 
 class RunningCounts:
-    """Line totals and zone occupancy of one camera as reported by its newest events (the tracker's own
-    running figures, so a gateway that starts late still shows the totals since the tracker started)."""
+    """What the live view shows next to the picture: each line's counts over the same window as the camera
+    list (the last WINDOW_MINUTES, from QueryCounts, so both pages and the API agree exactly), and each
+    zone's current occupancy as its newest event reports it."""
 
     def __init__(self) -> None:
         self.lines: dict[str, list[int]] = {}
         self.zones: dict[str, int] = {}
 
     def apply(self, ev: analytics_pb2.AnalyticsEvent) -> bool:
-        """Update from one event; True when a figure changed."""
+        """Update a zone from one event; True when its figure changed (line events change the counts, which
+        come from the next query)."""
         kind = ev.WhichOneof("kind")
-        if kind == "line_crossing":
-            new = [ev.line_crossing.total_a_to_b, ev.line_crossing.total_b_to_a]
-            changed = self.lines.get(ev.rule_id) != new
-            self.lines[ev.rule_id] = new
-            return changed
         if kind in ("zone_enter", "zone_exit", "zone_dwell"):
             occupancy = int(getattr(ev, kind).occupancy)
             changed = self.zones.get(ev.rule_id) != occupancy
@@ -151,13 +150,25 @@ class RunningCounts:
             return changed
         return False
 
+    def set_lines(self, summed: dict[str, Json]) -> bool:
+        """Take the line counts of ``summed`` (rows of ``summed()``); True when a figure changed."""
+        lines = {r: [row["a_to_b"], row["b_to_a"]] for r, row in summed.items() if row["kind"] == "line"}
+        changed = lines != self.lines
+        self.lines = lines
+        return changed
+
     def as_json(self) -> Json:
-        return {"type": "counts", "lines": dict(self.lines), "zones": dict(self.zones)}
+        return {
+            "type": "counts",
+            "window_minutes": WINDOW_MINUTES,
+            "lines": dict(self.lines),
+            "zones": dict(self.zones),
+        }
 
 
-def interval_counts(reply: control_pb2.QueryCountsResponse) -> list[Json]:
+def interval_counts(counts: Iterable[analytics_pb2.IntervalCounts]) -> list[Json]:
     out = []
-    for c in reply.counts:
+    for c in counts:
         row: Json = {"start_ms": c.interval_start_ns // 1_000_000, "rule_id": c.rule_id}
         if c.WhichOneof("counts") == "line":
             row |= {"kind": "line", "a_to_b": c.line.a_to_b, "b_to_a": c.line.b_to_a}
@@ -172,12 +183,10 @@ def interval_counts(reply: control_pb2.QueryCountsResponse) -> list[Json]:
     return out
 
 
-def summed(rows: list[Json]) -> dict[str, Json]:
-    """Counts per rule over all intervals of ``interval_counts`` rows (the camera list's last hour)."""
+def summed(counts: Iterable[analytics_pb2.IntervalCounts]) -> dict[str, Json]:
+    """Counts per rule over ``counts`` (the camera list's and the live view's last hour)."""
     out: dict[str, Json] = {}
-    for row in rows:
-        total = out.setdefault(row["rule_id"], {"kind": row["kind"]})
-        keys = ("a_to_b", "b_to_a") if row["kind"] == "line" else ("enters", "exits")
-        for key in keys:
-            total[key] = total.get(key, 0) + row[key]
+    for rule_id, t in totals(list(counts)).items():
+        keys = ("a_to_b", "b_to_a") if t.kind == "line" else ("enters", "exits")
+        out[rule_id] = {"kind": t.kind, **{key: getattr(t, key) for key in keys}}
     return out
