@@ -10,6 +10,7 @@
         lines:
           - id: door
             points: [[0.5, 0.0], [0.5, 1.0]]   # fractions of the frame (normalized: true, the default)
+            arrow: [[0.4, 0.8], [0.6, 0.8]]    # a crossing this way is labels[0] (see LineRule)
             labels: [in, out]
         zones:
           - id: lobby
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import yaml
 from google.protobuf import duration_pb2
@@ -50,14 +51,63 @@ Point = tuple[float, float]
 
 
 class LineRule(_Strict):
+    """A counting line. Directions are said in words that cannot be read the wrong way round:
+
+    - ``arrow: [[x, y], [x, y]]``, a movement across the line drawn as an arrow from one side to the other,
+      with ``labels: [along, against]`` naming a crossing along the arrow and the opposite one (default
+      ``[in, out]``), e.g. ``arrow: [[0.45, 0.5], [0.55, 0.5]]`` and ``labels: [entering, leaving]``;
+    - without an arrow the names say the movement on screen: ``left->right`` / ``right->left`` for a
+      steep line, ``top->bottom`` / ``bottom->top`` for a flat one (``labels`` then need an arrow).
+
+    (analytics.proto's sides: B is the right of p1 -> p2 on screen, y down; the arrow decides which of A->B
+    and B->A is "along", so the order of ``points`` no longer matters to the user.)
+    """
+
     id: str = Field(pattern=_ID_RE)
     name: str = ""
     points: tuple[Point, Point]
-    # Names of the A->B and B->A directions (A is left of p1->p2), e.g. [in, out].
-    labels: tuple[str, str] = ("a_to_b", "b_to_a")
+    arrow: tuple[Point, Point] | None = None
+    labels: tuple[str, str] | None = None
     normalized: bool = True
     classes: list[str] = Field(default_factory=lambda: ["person"])
     min_crossing_distance: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _directions_are_unambiguous(self) -> Self:
+        if self.labels is not None and self.arrow is None:
+            raise ValueError(
+                "labels need an arrow: add arrow: [[x, y], [x, y]] drawn across the line the way labels[0] "
+                "means (labels[1] is the opposite way)"
+            )
+        if self.arrow is not None:
+            sides = {_side(self.points, q) for q in self.arrow}
+            if sides != {-1, 1}:
+                raise ValueError("arrow must start on one side of the line and end on the other")
+        return self
+
+    def direction_labels(self) -> tuple[str, str]:
+        """(A->B label, B->A label) in analytics.proto's convention."""
+        if self.arrow is None:
+            return _screen_words(self.points)
+        along, against = self.labels or ("in", "out")
+        # Along the arrow is A->B when the arrow ends on side B.
+        return (along, against) if _side(self.points, self.arrow[1]) > 0 else (against, along)
+
+
+def _side(points: tuple[Point, Point], q: Point) -> int:
+    """+1 on side B (right of p1 -> p2 on screen, y down), -1 on side A, 0 on the line."""
+    (x1, y1), (x2, y2) = points
+    cross = (x2 - x1) * (q[1] - y1) - (y2 - y1) * (q[0] - x1)
+    return (cross > 0) - (cross < 0)
+
+
+def _screen_words(points: tuple[Point, Point]) -> tuple[str, str]:
+    """(A->B, B->A) named by the movement on screen: side B lies along the normal (-dy, dx)."""
+    (x1, y1), (x2, y2) = points
+    nx, ny = -(y2 - y1), x2 - x1
+    if abs(nx) >= abs(ny):
+        return ("left->right", "right->left") if nx > 0 else ("right->left", "left->right")
+    return ("top->bottom", "bottom->top") if ny > 0 else ("bottom->top", "top->bottom")
 
 
 class ZoneRule(_Strict):
@@ -221,8 +271,8 @@ def _line(rule: LineRule) -> analytics_pb2.AnalyticsRule:
         line=analytics_pb2.Line(
             p1=p1,
             p2=p2,
-            a_to_b_label=rule.labels[0],
-            b_to_a_label=rule.labels[1],
+            a_to_b_label=rule.direction_labels()[0],
+            b_to_a_label=rule.direction_labels()[1],
             min_crossing_distance=rule.min_crossing_distance,
         ),
     )

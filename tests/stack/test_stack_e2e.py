@@ -51,7 +51,12 @@ VIDEO = sample_video("vtest-576p25.mp4")
 MODEL = "ssdlite-mbv2-person-300"
 # Three vertical lines: people in the sample walk mostly sideways, so some line is crossed within seconds.
 LINES = [
-    {"id": f"x{int(x * 100)}", "points": [[x, 0.02], [x, 0.98]], "labels": ["right", "left"]}
+    {
+        "id": f"x{int(x * 100)}",
+        "points": [[x, 0.02], [x, 0.98]],
+        "arrow": [[x - 0.05, 0.5], [x + 0.05, 0.5]],
+        "labels": ["right", "left"],
+    }
     for x in (0.3, 0.5, 0.7)
 ]
 

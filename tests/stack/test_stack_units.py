@@ -18,6 +18,7 @@ from vap_stack.cli import EXIT_USAGE, main
 from vap_stack.config import ConfigError, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
+VERTICAL = {"points": [[0.5, 0.05], [0.5, 0.95]]}  # drawn top to bottom: side B (analytics.proto) is the left
 
 
 def test_example_site_config_is_valid() -> None:
@@ -29,6 +30,78 @@ def test_example_site_config_is_valid() -> None:
     assert kinds == ["line", "zone"] and spec.analytics.rules[0].normalized_coordinates
     assert spec.pipeline.dataset.enabled and spec.pipeline.dataset.max_frames == 100
     assert spec.labels["site"] == "demo"
+
+
+@pytest.mark.parametrize(
+    ("line", "a_to_b", "b_to_a"),
+    [
+        # No arrow: the movement on screen, whichever way the points were drawn.
+        (VERTICAL, "right->left", "left->right"),
+        ({"points": [[0.5, 0.95], [0.5, 0.05]]}, "left->right", "right->left"),
+        ({"points": [[0.05, 0.45], [0.95, 0.45]]}, "top->bottom", "bottom->top"),
+        # An arrow drawn left to right is labels[0] whatever the order of the points.
+        ({**VERTICAL, "arrow": [[0.4, 0.5], [0.6, 0.5]], "labels": ["in", "out"]}, "out", "in"),
+        (
+            {
+                "points": [[0.5, 0.95], [0.5, 0.05]],
+                "arrow": [[0.4, 0.5], [0.6, 0.5]],
+                "labels": ["in", "out"],
+            },
+            "in",
+            "out",
+        ),
+        ({**VERTICAL, "arrow": [[0.6, 0.5], [0.4, 0.5]]}, "in", "out"),
+    ],
+)
+def test_line_directions_are_named_from_the_arrow_or_the_screen(
+    line: dict[str, object], a_to_b: str, b_to_a: str
+) -> None:
+    config = parse_config({"cameras": [{"id": "a", "url": "rtsp://x/y", "lines": [{"id": "l", **line}]}]})
+    rule = config.cameras[0].scenario("rtsp://x/y", site="s").analytics.rules[0].line
+    assert (rule.a_to_b_label, rule.b_to_a_label) == (a_to_b, b_to_a)
+
+
+def test_a_walker_going_right_is_counted_under_the_arrows_label() -> None:
+    """Through the real tracker pipeline: the label on the event is the one the arrow means."""
+    from vap_tracker.bytetrack import TrackerConfig
+    from vap_tracker.pipeline import ChannelPipeline
+    from vap_tracker.testing import Walker, detections, line_path
+
+    config = parse_config(
+        {
+            "cameras": [
+                {
+                    "id": "a",
+                    "url": "rtsp://x/y",
+                    "lines": [
+                        {
+                            "id": "door",
+                            **VERTICAL,
+                            "arrow": [[0.4, 0.5], [0.6, 0.5]],
+                            "labels": ["entering", "leaving"],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    scenario = scenario_pb2.ScenarioConfig(
+        scenario_id="s",
+        channel_id="cam",
+        revision=1,
+        active=True,
+        analytics=config.cameras[0].scenario("rtsp://x/y", site="s").analytics,
+    )
+    pipe = ChannelPipeline("s", "cam", TrackerConfig())
+    pipe.apply(scenario)
+    walker = Walker(line_path((160, 300), (480, 300), 40))  # left to right across x = 320 (640 wide)
+    labels = [
+        e.line_crossing.direction_label
+        for f in range(60)
+        for e in pipe.process(detections(f, [walker], "cam", "s")).events
+        if e.HasField("line_crossing")
+    ]
+    assert labels == ["entering"]
 
 
 @pytest.mark.parametrize(
@@ -48,6 +121,24 @@ def test_example_site_config_is_valid() -> None:
             {"cameras": [{"id": "a", "url": "x", "zones": [{"id": "z", "polygon": [[0, 0]]}]}]},
             "cameras[0].zones[0].polygon",
             "at least 3",
+        ),
+        (
+            {
+                "cameras": [
+                    {"id": "a", "url": "x", "lines": [{"id": "l", **VERTICAL, "labels": ["in", "out"]}]}
+                ]
+            },
+            "cameras[0].lines[0]",
+            "labels need an arrow",
+        ),
+        (
+            {
+                "cameras": [
+                    {"id": "a", "url": "x", "lines": [{"id": "l", **VERTICAL, "arrow": [[0.1, 0], [0.2, 0]]}]}
+                ]
+            },
+            "cameras[0].lines[0]",
+            "arrow must start on one side",
         ),
     ],
 )

@@ -89,9 +89,7 @@ def stack(
                 "model": MODEL,
                 "confidence": 0.4,
                 "count_interval_s": 5,
-                "lines": [
-                    {"id": "middle", "points": [[0.5, 0.05], [0.5, 0.95]], "labels": ["right", "left"]}
-                ],
+                "lines": [{"id": "middle", "points": [[0.5, 0.05], [0.5, 0.95]]}],
                 "zones": [
                     {"id": "floor", "polygon": [[0.05, 0.55], [0.95, 0.55], [0.95, 0.98], [0.05, 0.98]]}
                 ],

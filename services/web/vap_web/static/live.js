@@ -33,6 +33,7 @@
       ctx.beginPath(); pts.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
       if (rule.kind === "zone") { ctx.closePath(); ctx.fillStyle = color + "22"; ctx.fill(); }
       ctx.stroke(); ctx.setLineDash([]);
+      if (rule.kind === "line") drawSides(rule, pts, color);
       const [x, y] = pts[0];
       const figures = rule.kind === "line" ? running.lines[rule.id] : running.zones[rule.id];
       const label = `${rule.name}: ${rule.kind === "line" ? countsText(rule, figures || [0, 0]) : "occupancy " + (figures ?? 0)}`;
@@ -41,6 +42,39 @@
       ctx.fillStyle = "rgba(0,0,0,.6)"; ctx.fillRect(x + 4, y + 4, w + 8, size + 6);
       ctx.fillStyle = color; ctx.fillText(label, x + 8, y + size + 4);
     });
+  }
+
+  // Marks side A and side B of a line at its middle, each with an arrow across the line and the name of a
+  // crossing that way (analytics.proto: side B is the right of p1 -> p2 on screen, y down), so what a
+  // count means can be read off the picture.
+  function drawSides(rule, pts, color) {
+    const [[x1, y1], [x2, y2]] = pts;
+    const len = Math.hypot(x2 - x1, y2 - y1) || 1;
+    const [ux, uy] = [(x2 - x1) / len, (y2 - y1) / len];
+    const [nx, ny] = [-uy, ux]; // towards side B
+    const [mx, my] = [(x1 + x2) / 2, (y1 + y2) / 2];
+    const size = fontSize(), arrow = size * 3;
+    ctx.font = `bold ${size}px system-ui`;
+    for (const [sign, side, label] of [[1, "A", rule.labels[0]], [-1, "B", rule.labels[1]]]) {
+      // Side by side along the line, one arrow per direction: from this side across to the other.
+      const [ox, oy] = [ux * size * 1.4 * sign, uy * size * 1.4 * sign];
+      const [sx0, sy0] = [mx + ox - sign * nx * arrow, my + oy - sign * ny * arrow];
+      const [ex, ey] = [mx + ox + sign * nx * arrow * 0.5, my + oy + sign * ny * arrow * 0.5];
+      ctx.strokeStyle = color; ctx.fillStyle = color; ctx.lineWidth = 2;
+      ctx.beginPath(); ctx.moveTo(sx0, sy0); ctx.lineTo(ex, ey); ctx.stroke();
+      const ang = Math.atan2(ey - sy0, ex - sx0), head = size * 0.7;
+      ctx.beginPath(); ctx.moveTo(ex, ey);
+      ctx.lineTo(ex - head * Math.cos(ang - 0.45), ey - head * Math.sin(ang - 0.45));
+      ctx.lineTo(ex - head * Math.cos(ang + 0.45), ey - head * Math.sin(ang + 0.45));
+      ctx.closePath(); ctx.fill();
+      // The name sits behind the arrow's tail, on the side the crossing starts from.
+      const text = `${side}: ${label}`;
+      const w = ctx.measureText(text).width;
+      const back = 4 + Math.abs(nx) * w / 2 + Math.abs(ny) * size / 2;
+      const [cx, cy] = [sx0 - sign * nx * back, sy0 - sign * ny * back];
+      ctx.fillStyle = "rgba(0,0,0,.6)"; ctx.fillRect(cx - w / 2 - 3, cy - size / 2 - 3, w + 6, size + 6);
+      ctx.fillStyle = color; ctx.fillText(text, cx - w / 2, cy + size / 2 - 2);
+    }
   }
 
   function drawTracks(tracks, sx, sy) {
