@@ -3,6 +3,8 @@
     vap up --config examples/site.yaml          the whole stack, a live table, Ctrl+C stops it
     vap scenario list|get|create|update|start|stop|delete
     vap watch [--scenario ID]...                live table of tracked detections and events
+    vap counts SCENARIO [--since 2h --interval 15m --json|--csv]   counts per interval and rule, totals
+    vap events SCENARIO [--since today --kind line --rule door]    line crossings and zone events
     vap detect IMAGE [--model NAME]             one-off detection on a JPEG/PNG
     vap models list|fetch [--only NAME]
     vap status                                  services, channels and their health
@@ -21,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -316,6 +319,47 @@ async def _watch(args: argparse.Namespace) -> int:
         await api.channel.close()
 
 
+async def _find_scenario(api: Api, key: str) -> scenario_pb2.Scenario:
+    """A scenario by id, else by (unique) name."""
+    try:
+        uuid.UUID(key)
+    except ValueError:
+        pass
+    else:
+        got = await api.call(api.stub.GetScenario, control_pb2.GetScenarioRequest(scenario_id=key))
+        scenario: scenario_pb2.Scenario = got.scenario
+        return scenario
+    found: list[scenario_pb2.Scenario] = []
+    page_token = ""
+    while True:
+        reply = await api.call(
+            api.stub.ListScenarios, control_pb2.ListScenariosRequest(page_size=100, page_token=page_token)
+        )
+        found += [s for s in reply.scenarios if s.name == key]
+        page_token = reply.next_page_token
+        if not page_token:
+            break
+    if not found:
+        raise CliError(f"no scenario with id or name {key!r} (see `vap scenario list`)", EXIT_NOT_FOUND)
+    if len(found) > 1:
+        raise CliError(f"{len(found)} scenarios are named {key!r}: give the id", EXIT_USAGE)
+    return found[0]
+
+
+async def _numbers(args: argparse.Namespace) -> int:
+    from vap_stack.numbers import UsageError, run_counts, run_events
+
+    api = Api(args)
+    try:
+        scenario = await _find_scenario(api, args.scenario)
+        await (run_counts if args.command == "counts" else run_events)(api, args, scenario)
+        return EXIT_OK
+    except UsageError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    finally:
+        await api.channel.close()
+
+
 async def _detect(args: argparse.Namespace) -> int:
     try:
         data = Path(args.image).read_bytes()
@@ -460,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("watch", parents=[conn, display], help="live tracked detections and events").add_argument(
         "--scenario", action="append", help="scenario id (repeatable; default: all)"
     )
+    from vap_stack.numbers import add_parsers
+
+    add_parsers(sub, conn)
     detect = sub.add_parser("detect", parents=[conn], help="detect objects in an image")
     detect.add_argument("image", help="JPEG or PNG file")
     detect.add_argument("--model")
@@ -495,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runners: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
             "scenario": _scenario,
             "watch": _watch,
+            "counts": _numbers,
+            "events": _numbers,
             "detect": _detect,
             "status": _status,
             "node": _node,

@@ -486,17 +486,8 @@ async def test_every_surface_shows_the_same_counts(
         web |= {(rule, B_TO_A): c["b_to_a"] for rule, c in row["counts"].items()}
         assert {k: v for k, v in web.items() if v} == truth
         # ... and `vap watch` (last hour).
-        watched = proc.cli(
-            "watch",
-            "--scenario",
-            sid,
-            "--display",
-            "lines",
-            "--duration",
-            "4",
-            "--data-dir",
-            str(proc.data_dir),
-        )
+        data = ["--data-dir", str(proc.data_dir)]
+        watched = proc.cli("watch", "--scenario", sid, "--display", "lines", "--duration", "4", *data)
         assert watched.returncode == EXIT_OK, watched.stderr
         summary = next(line for line in watched.stdout.splitlines() if line.startswith("summary "))
         shown = {
@@ -505,6 +496,29 @@ async def test_every_surface_shows_the_same_counts(
             for direction, n in ((A_TO_B, na), (B_TO_A, nb))
         }
         assert {k: v for k, v in shown.items() if v} == truth, summary
+        # ... and `vap counts` / `vap events` (by the scenario's name), over the whole run.
+        got = (await api.GetScenario(control_pb2.GetScenarioRequest(scenario_id=sid), timeout=10)).scenario
+        labels = {r.rule_id: (r.line.a_to_b_label, r.line.b_to_a_label) for r in got.analytics.rules}
+        counted = proc.cli("counts", got.name, "--since", "2h", "--json", *data)
+        assert counted.returncode == EXIT_OK, counted.stderr
+        cli_counts: collections.Counter[tuple[str, int]] = collections.Counter()
+        for row in json.loads(counted.stdout):
+            a, b = labels[row["rule"]]
+            cli_counts[(row["rule"], A_TO_B)] += row[a]
+            cli_counts[(row["rule"], B_TO_A)] += row[b]
+        assert {k: v for k, v in cli_counts.items() if v} == truth
+        listed = proc.cli("events", sid, "--since", "2h", "--kind", "line", "--json", *data)
+        assert listed.returncode == EXIT_OK, listed.stderr
+        cli_events = _by_line(
+            [
+                (e["rule_id"], analytics_pb2.CrossingDirection.Value(e["line_crossing"]["direction"]))
+                for e in json.loads(listed.stdout)
+            ]
+        )
+        assert cli_events == truth
+        assert proc.cli("counts", "no-such-camera", *data).returncode == EXIT_NOT_FOUND
+        bad = proc.cli("counts", sid, "--since", "yesterday-ish", *data)
+        assert bad.returncode == EXIT_USAGE and "--since" in bad.stderr
     finally:
         listener.cancel()
         with contextlib.suppress(BaseException):
