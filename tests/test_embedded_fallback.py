@@ -69,3 +69,36 @@ def _alive(pid: int) -> bool:
     # A zombie is gone for our purpose (its parent, the service, has exited).
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["vap_control"],
+        ["vap_inference"],
+        ["vap_tracker"],
+        ["vap_web"],
+        ["vap_dataset"],
+        ["vap_decoder", "agent"],
+    ],
+)
+def test_every_service_refuses_bad_settings_in_one_line(tmp_path: Path, argv: list[str]) -> None:
+    """The same entry for every service (vap_common.entry): a settings error is one line naming the
+    service and the problem, exit code 2, no traceback."""
+    bad = tmp_path / "vap.yaml"
+    bad.write_text(
+        "tracker: {nonsense: 1}\ninference: {nonsense: 1}\ncontrol: {nonsense: 1}\n"
+        "web: {nonsense: 1}\ndataset: {nonsense: 1}\ndecoder: {nonsense: 1}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VAP_CONFIG"}
+    done = subprocess.run(
+        [sys.executable, "-m", *argv, "--config", str(bad)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(" ".join(argv) + ": ") and "nonsense" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

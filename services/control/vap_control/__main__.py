@@ -7,14 +7,12 @@ Without NATS_URL / DATABASE_URL it starts embedded servers in ``<data_dir>/embed
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from vap_common import aio
 from vap_common.embedded import service_endpoints
+from vap_common.entry import service_main
 from vap_common.logs import get_logger
 from vap_common.runtime import ServiceRuntime
-from vap_common.settings import SettingsError
 from vap_control.service import CONTROL_SERVICE, ControlService, grpc_server_setup
 from vap_control.settings import ControlSettings
 
@@ -49,16 +47,13 @@ async def run(settings: ControlSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vap_control", description="VAP control service")
-    parser.add_argument("--config", help="YAML settings file (section 'control'); default $VAP_CONFIG")
-    args = parser.parse_args(argv)
-    try:
-        settings = ControlSettings.load(args.config)
-    except SettingsError as exc:
-        print(f"vap_control: {exc}", file=sys.stderr)
-        return 2
-    aio.run(run(settings))
-    return 0
+    return service_main(
+        argv,
+        prog="python -m vap_control",
+        description="VAP control service",
+        settings_type=ControlSettings,
+        run=run,
+    )
 
 
 if __name__ == "__main__":

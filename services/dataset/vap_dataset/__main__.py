@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import sys
 
-from vap_common import aio
-from vap_common.settings import SettingsError
+from vap_common.entry import service_main
 from vap_dataset.service import run
 from vap_dataset.settings import DatasetSettings
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = DatasetSettings.load()
-    except SettingsError as exc:
-        sys.stderr.write(f"vap_dataset: {exc}\n")
-        return 2
-    aio.run(run(settings))
-    return 0
+    return service_main(
+        argv,
+        prog="python -m vap_dataset",
+        description="VAP dataset capture",
+        settings_type=DatasetSettings,
+        run=run,
+    )
 
 
 if __name__ == "__main__":

@@ -7,12 +7,9 @@ Without NATS_URL an embedded NATS server is started in ``data_dir`` (DESIGN.md "
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-from pathlib import Path
-
 from vap_common.bus import connect_nats
 from vap_common.embedded import service_endpoints
+from vap_common.entry import service_main
 from vap_common.logs import get_logger
 from vap_common.redact import redact_url
 from vap_common.runtime import ServiceRuntime
@@ -53,9 +50,10 @@ async def run_agent(settings: DecoderSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vap_decoder agent", description="VAP decoder agent")
-    parser.add_argument("--config", type=Path, help="YAML settings file (section 'decoder')")
-    args = parser.parse_args(argv)
-    settings = DecoderSettings.load(args.config)
-    asyncio.run(run_agent(settings))
-    return 0
+    return service_main(
+        argv,
+        prog="python -m vap_decoder agent",
+        description="VAP decoder agent",
+        settings_type=DecoderSettings,
+        run=run_agent,
+    )

@@ -7,11 +7,10 @@ port, exports Prometheus metrics, and stops cleanly on SIGTERM/SIGINT.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from vap_common import aio
 from vap_common.embedded import service_endpoints
+from vap_common.entry import service_main
 from vap_common.runtime import ServiceRuntime
 from vap_inference.grpc_api import InferenceApi, add_to_server
 from vap_inference.manager import ModelManager
@@ -44,12 +43,13 @@ async def run(settings: InferenceSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vap_inference", description="VAP inference service")
-    parser.add_argument("--config", help="YAML settings file (section 'inference'); default $VAP_CONFIG")
-    args = parser.parse_args(argv)
-    settings = InferenceSettings.load(args.config)
-    aio.run(run(settings))  # uvloop: fewer CPU cycles per loop turn, several turns per frame
-    return 0
+    return service_main(
+        argv,
+        prog="python -m vap_inference",
+        description="VAP inference service",
+        settings_type=InferenceSettings,
+        run=run,
+    )
 
 
 if __name__ == "__main__":

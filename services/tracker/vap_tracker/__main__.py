@@ -8,15 +8,12 @@ SIGTERM/SIGINT, publishing the open count intervals first.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from vap_common import aio
 from vap_common.bus import NatsBus
 from vap_common.embedded import service_endpoints
+from vap_common.entry import service_main
 from vap_common.runtime import ServiceRuntime
-from vap_common.settings import SettingsError
 from vap_models import PackagedModelError
 from vap_tracker.attributes.classifier import ClassifierLoadError
 from vap_tracker.service import TrackerService
@@ -47,15 +44,13 @@ async def run(settings: TrackerServiceSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vap_tracker", description="VAP tracker service")
-    parser.add_argument("--config", type=Path, help="YAML settings file (section 'tracker')")
-    args = parser.parse_args(argv)
-    try:
-        settings = TrackerServiceSettings.load(args.config)
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    return aio.run(run(settings))
+    return service_main(
+        argv,
+        prog="python -m vap_tracker",
+        description="VAP tracker service",
+        settings_type=TrackerServiceSettings,
+        run=run,
+    )
 
 
 if __name__ == "__main__":

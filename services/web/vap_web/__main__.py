@@ -8,15 +8,14 @@ metrics on ``metrics_port``; stops cleanly on SIGTERM/SIGINT.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from vap_common import aio
 from vap_common.embedded import service_endpoints
+from vap_common.entry import service_main
 from vap_common.logs import get_logger
 from vap_common.runtime import ServiceRuntime
 from vap_common.settings import SettingsError
@@ -71,17 +70,14 @@ async def run(settings: WebSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vap_web", description="VAP live web view")
-    parser.add_argument("--config", help="YAML settings file (section 'web'); default $VAP_CONFIG")
-    args = parser.parse_args(argv)
-    try:
-        settings = WebSettings.load(args.config)
-        split_listen(settings.listen)
-    except SettingsError as exc:
-        print(f"vap_web: {exc}", file=sys.stderr)
-        return 2
-    aio.run(run(settings))
-    return 0
+    return service_main(
+        argv,
+        prog="python -m vap_web",
+        description="VAP live web view",
+        settings_type=WebSettings,
+        run=run,
+        check=lambda s: split_listen(s.listen),
+    )
 
 
 if __name__ == "__main__":
