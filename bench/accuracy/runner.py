@@ -51,6 +51,7 @@ class RunResult:
     frames: set[int] = field(default_factory=set)  # file frames the pipeline analysed
     crossings: list[Crossing] = field(default_factory=list)
     cpu_ms_per_frame: float = 0.0
+    tracker_ms_per_frame: float = 0.0  # the tracker service's part of cpu_ms_per_frame
     cpu_other: float = 0.0
     seconds: float = 0.0
 
@@ -157,5 +158,6 @@ async def run_config(
     pipeline = sum(v for k, v in cpu.items() if k in PIPELINE)
     elapsed = result.seconds
     result.cpu_ms_per_frame = pipeline * 10 * elapsed / max(len(result.frames), 1)
+    result.tracker_ms_per_frame = cpu.get("tracker", 0.0) * 10 * elapsed / max(len(result.frames), 1)
     result.cpu_other = max(0.0, busy - sum(cpu.values()))
     return result

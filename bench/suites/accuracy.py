@@ -126,6 +126,7 @@ def score(
         "occupancy_mae": round(occupancy_error(gt, tracked, frames, _inside), 3),
         "lines": counts["lines"],
         "cpu_ms_per_frame": None if peer else round(result.cpu_ms_per_frame, 1),
+        "tracker_ms_per_frame": None if peer else round(result.tracker_ms_per_frame, 2),
         "cpu_other": round(result.cpu_other, 1),
     }
     return row
@@ -217,6 +218,7 @@ register(
             "event_f1",
             "occupancy_mae",
             "cpu_ms_per_frame",
+            "tracker_ms_per_frame",
             "cpu_other",
         ),
         summarize=summarize,

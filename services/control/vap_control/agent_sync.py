@@ -37,7 +37,7 @@ from vap_common.logs import get_logger
 from vap_common.redact import redact_text
 from vap_common.tasks import cancel_and_wait
 from vap_control import lifecycle, metrics, placement, status
-from vap_control.bus import Bus
+from vap_control.bus import NatsConnection
 from vap_control.db.pool import Pool
 from vap_control.repo import nodes as nodes_repo
 from vap_control.repo import outbox as outbox_repo
@@ -238,7 +238,7 @@ class AgentSync:
     def __init__(
         self,
         pool: Pool,
-        bus: Bus,
+        bus: NatsConnection,
         settings: ControlSettings,
         *,
         on_agent_appeared: Callable[[], None] | None = None,

@@ -1,4 +1,4 @@
-"""The control service's NATS connection.
+"""The control service's NATS connection, ``NatsConnection`` (the connecting is vap_common.bus.connect_nats).
 
 The service must start and answer API calls while NATS is down (the outbox keeps commands until it is back),
 so the first connect is retried in the background and the connection reconnects forever. Components wait for
@@ -23,7 +23,7 @@ from vap_common.tasks import cancel_and_wait
 _log = get_logger("vap.control.bus")
 
 
-class Bus:
+class NatsConnection:
     def __init__(self, url: str, *, name: str = "vap-control") -> None:
         self.url = url
         self.name = name

@@ -30,7 +30,7 @@ from vap_common import subjects
 from vap_common.logs import get_logger
 from vap_common.tasks import cancel_and_wait
 from vap_control import agent_sync, metrics, placement, status, streams
-from vap_control.bus import Bus
+from vap_control.bus import NatsConnection
 from vap_control.db.pool import Pool
 from vap_control.repo import outbox as outbox_repo
 from vap_control.repo import scenarios as repo
@@ -56,7 +56,7 @@ class _Delivery:
 
 
 class OutboxRelay:
-    def __init__(self, pool: Pool, bus: Bus, settings: ControlSettings, dsn: str) -> None:
+    def __init__(self, pool: Pool, bus: NatsConnection, settings: ControlSettings, dsn: str) -> None:
         self._pool = pool
         self._bus = bus
         self._settings = settings

@@ -25,7 +25,7 @@ from vap_common.embedded import redact_dsn
 from vap_common.logs import get_logger
 from vap_control.agent_sync import AgentSync
 from vap_control.auth import BearerTokenInterceptor, load_or_create_token
-from vap_control.bus import Bus
+from vap_control.bus import NatsConnection
 from vap_control.db.migrate import migrate
 from vap_control.db.pool import Pool, open_pool
 from vap_control.grpc_api import ControlApi
@@ -101,7 +101,7 @@ class ControlService:
         self.nats_url = nats_url
         self.database_url = database_url
         self._pool: Pool | None = None
-        self.bus = Bus(nats_url)
+        self.bus = NatsConnection(nats_url)
         self.inference = InferenceClient(
             settings.inference_target,
             timeout_s=settings.inference_timeout_s,

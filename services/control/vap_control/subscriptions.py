@@ -27,7 +27,7 @@ from vap_common import subjects
 from vap_common.logs import get_logger
 from vap_common.tasks import cancel_and_wait
 from vap_control import metrics
-from vap_control.bus import Bus
+from vap_control.bus import NatsConnection
 from vap_control.inbox.parse import event_kind
 from vap_proto.v1 import analytics_pb2, control_pb2, detection_pb2, tracking_pb2
 
@@ -209,7 +209,7 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 class FanOut:
-    def __init__(self, bus: Bus, *, queue_size: int, stats: LiveStats) -> None:
+    def __init__(self, bus: NatsConnection, *, queue_size: int, stats: LiveStats) -> None:
         self._bus = bus
         self._queue_size = queue_size
         self.stats = stats

@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from vap_common.logs import get_logger
 from vap_common.tasks import cancel_and_wait
 from vap_control import metrics, streams
-from vap_control.bus import Bus
+from vap_control.bus import NatsConnection
 from vap_control.db.pool import Pool
 from vap_control.inbox.parse import Batch, parse
 from vap_control.repo.results import StoreResult, store
@@ -57,7 +57,7 @@ def _num_delivered(msg: Msg) -> int:
 
 
 class Inbox:
-    def __init__(self, pool: Pool, bus: Bus, settings: ControlSettings) -> None:
+    def __init__(self, pool: Pool, bus: NatsConnection, settings: ControlSettings) -> None:
         self._pool = pool
         self._bus = bus
         self._settings = settings
