@@ -130,6 +130,17 @@ class DatasetOptions(_Strict):
     max_frames: int = Field(default=500, ge=0)
 
 
+class Reconnect(_Strict):
+    """Per-camera reconnect settings (SourceSpec); unset = the decoder's defaults (fast retries for the
+    first minute of an outage, then a backoff growing to 30 s)."""
+
+    backoff_max_s: float | None = Field(default=None, gt=0)
+    max_attempts: int = Field(default=0, ge=0)  # give up (FAILED) after this many; 0 = never
+    open_timeout_s: float | None = Field(default=None, gt=0)
+    read_timeout_s: float | None = Field(default=None, gt=0)
+    stall_timeout_s: float | None = Field(default=None, gt=0)
+
+
 class Camera(_Strict):
     id: str = Field(pattern=_ID_RE)
     name: str = ""
@@ -147,6 +158,7 @@ class Camera(_Strict):
     reid: bool = False
     dataset: DatasetOptions | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    reconnect: Reconnect = Field(default_factory=Reconnect)
 
     @model_validator(mode="after")
     def _one_source(self) -> Camera:
@@ -186,9 +198,13 @@ class Camera(_Strict):
                     max_frames=self.dataset.max_frames,
                 )
             )
-        source = source_pb2.SourceSpec(url=url)
+        source = source_pb2.SourceSpec(url=url, max_reconnect_attempts=self.reconnect.max_attempts)
         if self.fps is not None:
             source.target_fps = self.fps
+        for name in ("backoff_max", "open_timeout", "read_timeout", "stall_timeout"):
+            seconds = getattr(self.reconnect, f"{name}_s")
+            if seconds is not None:
+                getattr(source, name).CopyFrom(_duration(seconds))
         return scenario_pb2.Scenario(
             name=self.name or self.id,
             source=source,

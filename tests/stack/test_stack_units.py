@@ -32,6 +32,17 @@ def test_example_site_config_is_valid() -> None:
     assert spec.labels["site"] == "demo"
 
 
+def test_reconnect_settings_per_camera() -> None:
+    config = load_config(REPO / "examples" / "site.yaml")
+    corridor = config.cameras[1].scenario("rtsp://x/y", site="s").source
+    assert corridor.backoff_max.seconds == 10 and corridor.read_timeout.seconds == 5
+    assert not corridor.HasField("open_timeout") and corridor.max_reconnect_attempts == 0
+    entrance = config.cameras[0].scenario("rtsp://x/y", site="s").source
+    assert not entrance.HasField("backoff_max")  # unset: the decoder's defaults
+    with pytest.raises(ConfigError, match=r"cameras\[0\]\.reconnect\.backoff_max_s"):
+        parse_config({"cameras": [{"id": "a", "url": "x", "reconnect": {"backoff_max_s": -1}}]})
+
+
 @pytest.mark.parametrize(
     ("line", "a_to_b", "b_to_a"),
     [

@@ -191,6 +191,7 @@ class ChannelRunner:
         self._log.info("channel starting", source=plan.redacted_url, kind=plan.kind.value)
         self._transition(CONNECTING, f"opening {plan.redacted_url}")
         failures = 0
+        outage_since = time.monotonic()  # the camera has not streamed yet: a fresh start is an "outage" too
         while not self._stop.is_set():
             streamed_before = self.health.frames_decoded
             try:
@@ -213,11 +214,17 @@ class ChannelRunner:
                 # It was streaming: an outage starts here, so the first retry comes quickly again.
                 self.backoff.reset()
                 failures = 0
+                outage_since = time.monotonic()
             failures += 1
             limit = self.spec.max_reconnect_attempts
             if limit and failures > limit:
                 return ChannelResult(FAILED, f"gave up after {limit} reconnect attempts: {error.reason}")
             delay = self.backoff.next_delay()
+            if time.monotonic() - outage_since < self.settings.fast_reconnect_window_s:
+                # Most outages are short (a camera or switch rebooting): retrying often for the first minute
+                # gets the stream back within about a second of the camera, at the price of a cheap failed
+                # connect every half second; after that the backoff grows to its cap.
+                delay = min(delay, self.settings.fast_reconnect_s)
             self._transition(RECONNECTING, error.reason, next_retry_time_ns=time.time_ns() + int(delay * 1e9))
             if self._stop.wait(delay):
                 break

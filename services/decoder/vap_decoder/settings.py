@@ -63,6 +63,11 @@ class DecoderSettings(ServiceSettings):
     backoff_max_s: float = Field(default=30.0, gt=0)
     # First reconnect delay before jitter; the first retry always happens within 1 s.
     backoff_initial_s: float = Field(default=0.5, gt=0, le=1.0)
+    # For the first fast_reconnect_window_s of an outage, retries come at least every fast_reconnect_s (then
+    # the backoff grows to backoff_max_s): a camera that comes back within a minute streams again within
+    # about a second (issue 23: <= 2 s to the first detection).
+    fast_reconnect_s: float = Field(default=0.5, gt=0)
+    fast_reconnect_window_s: float = Field(default=60.0, ge=0)
     # ChannelHealth is published at every state change and at least this often.
     health_interval_s: float = Field(default=1.0, gt=0)
     # FFmpeg decoder threading. Files read as fast as possible use frame threading (throughput); live sources
