@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -199,6 +200,8 @@ async def _scenario(args: argparse.Namespace) -> int:
             method = stub.StartScenario if action == "start" else stub.StopScenario
             reply = await api.call(method, request_type(scenario_id=args.id))
             print(f"{args.id}: {_status_name(reply.scenario.status)}")
+            if action == "start" and args.wait:
+                return await _wait_streaming(api, args.id, args.wait)
             return EXIT_OK
         if action == "delete":
             await api.call(
@@ -317,6 +320,34 @@ async def _watch(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         await api.channel.close()
+
+
+async def _wait_streaming(api: Api, scenario_id: str, seconds: float) -> int:
+    """ACTIVE is not "video flows": wait for the channel's health to say STREAMING, or say why not."""
+    from google.protobuf import duration_pb2
+
+    from vap_proto.v1 import health_pb2
+
+    wait = duration_pb2.Duration()
+    wait.FromNanoseconds(int(min(max(seconds, 0.0), 60.0) * 1e9))
+    got = await api.call(
+        api.stub.GetScenario,
+        control_pb2.GetScenarioRequest(scenario_id=scenario_id, wait_streaming=wait),
+        timeout=seconds + 30,
+    )
+    health = got.scenario.health
+    state = health_pb2.ChannelState.Name(health.state).removeprefix("CHANNEL_STATE_")
+    if health.state == health_pb2.CHANNEL_STATE_STREAMING:
+        print(f"{scenario_id}: STREAMING ({health.fps:.1f} fps)")
+        return EXIT_OK
+    since = (
+        time.strftime("%H:%M:%S", time.localtime(health.state_since_ns / 1e9))
+        if health.state_since_ns
+        else "?"
+    )
+    reason = f": {health.reason}" if health.reason else ""
+    print(f"{scenario_id}: no video after {seconds:g} s: {state} since {since}{reason}")
+    return EXIT_STATE
 
 
 async def _find_scenario(api: Api, key: str) -> scenario_pb2.Scenario:
@@ -485,6 +516,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("id", help="scenario id")
         if name == "delete":
             p.add_argument("--force", action="store_true", help="delete even when not stopped")
+        if name == "start":
+            p.add_argument(
+                "--wait",
+                type=float,
+                metavar="SECONDS",
+                help="wait up to this long (<= 60) for video to flow; exit 6 if it does not",
+            )
     create = sc.add_parser("create", parents=[conn], help="create a scenario")
     create.add_argument("--config", type=Path, help="site config to take the camera from")
     create.add_argument("--camera", help="camera id in --config")

@@ -302,7 +302,11 @@ async def _start(
     )
     inference = service("inference", ["-m", "vap_inference"], "VAP_INFERENCE_", 1)
     inference.health_port = inference_port  # its gRPC API is served on the runtime's port
-    inference.env = dict(inference.env) | {"VAP_INFERENCE_HEALTH_PORT": str(inference_port)}
+    inference.env = dict(inference.env) | {
+        "VAP_INFERENCE_HEALTH_PORT": str(inference_port),
+        # Its API (Detect, ListModels) takes the control API's token: control forwards with it.
+        "VAP_INFERENCE_AUTH_TOKEN_FILE": str(data_dir / "control" / TOKEN_FILE),
+    }
     await sup.start(inference, ready_timeout)
     await sup.start(service("tracker", ["-m", "vap_tracker"], "VAP_TRACKER_", 2), ready_timeout)
     if any(c.dataset is not None and c.dataset.enabled for c in config.cameras):

@@ -8,12 +8,14 @@ channels' health move the scenario, and PostgreSQL records each step.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from typing import Any
 
 import grpc
 import psycopg
 import pytest
+from google.protobuf import duration_pb2
 
 from vap_common import subjects
 from vap_control.testing import RunningControl, wait_for
@@ -197,6 +199,55 @@ async def test_unreachable_source_shows_in_health_not_as_a_crash(
     await control.stub.StopScenario(control_pb2.StopScenarioRequest(scenario_id=sid))
     await _wait_status(control, sid, S.SCENARIO_STATUS_INACTIVE)
     assert PASSWORD not in control.log_text()
+
+
+async def test_clients_can_wait_for_video_not_just_active(
+    control: RunningControl, decoder_agent: Any, rtsp_camera: Any
+) -> None:
+    """ACTIVE says the decoder runs, not that video flows; GetScenario(wait_streaming) waits for the
+    latter and answers either way: STREAMING for a real camera, RECONNECTING with the reason and since when
+    for one that cannot be reached."""
+    wait = duration_pb2.Duration(seconds=20)
+    cam = rtsp_camera()
+    good = await control.stub.CreateScenario(
+        control_pb2.CreateScenarioRequest(
+            scenario=scenario_pb2.Scenario(source=source_pb2.SourceSpec(url=cam.url)), start=True
+        )
+    )
+    streaming = await control.stub.GetScenario(
+        control_pb2.GetScenarioRequest(scenario_id=good.scenario.id, wait_streaming=wait)
+    )
+    assert streaming.scenario.health.state == CS.CHANNEL_STATE_STREAMING
+    assert streaming.scenario.status == S.SCENARIO_STATUS_ACTIVE
+    await control.stub.StopScenario(control_pb2.StopScenarioRequest(scenario_id=good.scenario.id))
+    await _wait_status(control, good.scenario.id, S.SCENARIO_STATUS_INACTIVE)  # the agent has one slot
+
+    spec = source_pb2.SourceSpec(url="rtsp://127.0.0.1:9/nothing")
+    spec.open_timeout.FromSeconds(1)
+    bad = await control.stub.CreateScenario(
+        control_pb2.CreateScenarioRequest(scenario=scenario_pb2.Scenario(source=spec), start=True)
+    )
+    started = time.monotonic()
+    short = duration_pb2.Duration(seconds=4)
+    waited = await control.stub.GetScenario(
+        control_pb2.GetScenarioRequest(scenario_id=bad.scenario.id, wait_streaming=short)
+    )
+    assert 3.5 <= time.monotonic() - started < 15  # it waited, then answered with what it saw
+    health = waited.scenario.health
+    assert waited.scenario.status == S.SCENARIO_STATUS_ACTIVE  # running, but no video:
+    assert health.state in (CS.CHANNEL_STATE_CONNECTING, CS.CHANNEL_STATE_RECONNECTING)
+    assert health.state_since_ns > 0 and (health.state == CS.CHANNEL_STATE_CONNECTING or health.reason)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await control.stub.GetScenario(
+            control_pb2.GetScenarioRequest(
+                scenario_id=bad.scenario.id, wait_streaming=duration_pb2.Duration(seconds=3600)
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "wait_streaming" in (
+        err.value.details() or ""
+    )
+    await control.stub.StopScenario(control_pb2.StopScenarioRequest(scenario_id=bad.scenario.id))
+    await _wait_status(control, bad.scenario.id, S.SCENARIO_STATUS_INACTIVE)
 
 
 async def test_no_decoder_capacity_is_resource_exhausted(

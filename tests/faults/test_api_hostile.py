@@ -8,6 +8,7 @@ password in a source URL is never echoed in a response or an error."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import string
 import subprocess
@@ -34,6 +35,7 @@ from vap_proto.v1 import control_pb2, inference_pb2
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 TOKEN = f"tok-{uuid.uuid4().hex}"
+IMAGE_LIMIT = 4 * 1024 * 1024
 PASSWORD = f"s3cret-{uuid.uuid4().hex[:10]}"
 CREDENTIALS = f"admin:{PASSWORD}"
 SECRET_URL = f"rtsp://{CREDENTIALS}@127.0.0.1:1/cam"
@@ -105,6 +107,9 @@ def servers(nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathF
         # Its own queue group: it must not take frames meant for other tests' inference services.
         "VAP_INFERENCE_QUEUE_GROUP": f"hostile-{uuid.uuid4().hex[:8]}",
         "VAP_INFERENCE_DATA_DIR": str(work / "inference"),
+        # The control API's token, and one image limit end to end (control's max_request_bytes below).
+        "VAP_INFERENCE_AUTH_TOKENS": json.dumps([TOKEN]),
+        "VAP_INFERENCE_MAX_IMAGE_BYTES": str(IMAGE_LIMIT),
     }
     with inference_log.open("ab") as out:
         inference = subprocess.Popen(
@@ -125,7 +130,7 @@ def servers(nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathF
                     "inbox_storage": "memory",
                     "inbox_max_bytes": 64 * 1024 * 1024,
                     "inbox_consumer": consumer,
-                    "max_request_bytes": 4 * 1024 * 1024,
+                    "max_request_bytes": IMAGE_LIMIT,
                 }
             }
         )
@@ -381,7 +386,7 @@ def test_inference_rpcs_with_random_requests(servers: Servers, rpc: str) -> None
         @FUZZ
         @given(request=messages(method.input_type))
         def fuzz(request: message.Message) -> None:
-            _check(servers, f"inference.{rpc}", call(channel, method, request))
+            _check(servers, f"inference.{rpc}", call(channel, method, request, AUTH))
 
         fuzz()
     servers.alive()
@@ -411,22 +416,29 @@ def test_raw_bytes_that_are_not_the_request_message(
 ) -> None:
     kind, name = rpc
     service, target, md = (
-        (CONTROL, servers.control_target, AUTH) if kind == "c" else (INFERENCE, servers.inference_target, ())
+        (CONTROL, servers.control_target, AUTH)
+        if kind == "c"
+        else (INFERENCE, servers.inference_target, AUTH)
     )
     with grpc.insecure_channel(target) as channel:
         _check(servers, f"raw.{name}", call(channel, service.methods_by_name[name], raw, md))
 
 
-def test_oversized_requests_are_resource_exhausted(servers: Servers) -> None:
-    big = inference_pb2.DetectRequest(image=os.urandom(5 * 1024 * 1024))  # control's Detect takes it too
-    with grpc.insecure_channel(servers.control_target) as channel:
-        code, _, _ = call(channel, CONTROL.methods_by_name["Detect"], big, AUTH)
-    assert code == C.RESOURCE_EXHAUSTED
-    with grpc.insecure_channel(servers.inference_target) as channel:
-        code, _, _ = call(
-            channel, INFERENCE.methods_by_name["Detect"], inference_pb2.DetectRequest(image=big.image)
-        )
-    assert code == C.RESOURCE_EXHAUSTED
+def test_image_limits_are_one_setting_end_to_end(servers: Servers) -> None:
+    """An image just over the limit is INVALID_ARGUMENT naming the setting, through control and at the
+    inference service alike (it used to be the transport's RESOURCE_EXHAUSTED "larger than max" at 4 MiB
+    whatever the settings said); only far larger messages are refused by the transport."""
+    over = inference_pb2.DetectRequest(image=os.urandom(IMAGE_LIMIT + 64 * 1024))
+    huge = inference_pb2.DetectRequest(image=os.urandom(3 * IMAGE_LIMIT))
+    for target, method, md, setting in (
+        (servers.control_target, CONTROL.methods_by_name["Detect"], AUTH, "max_request_bytes"),
+        (servers.inference_target, INFERENCE.methods_by_name["Detect"], AUTH, "max_image_bytes"),
+    ):
+        with grpc.insecure_channel(target) as channel:
+            code, details, _ = call(channel, method, over, md)
+            assert code == C.INVALID_ARGUMENT and setting in details, (target, code, details)
+            code, _, _ = call(channel, method, huge, md)
+            assert code == C.RESOURCE_EXHAUSTED, (target, code)
     servers.alive()
 
 
@@ -459,6 +471,14 @@ def test_authentication_bypass_attempts_fail(servers: Servers, metadata: tuple[t
             servers.count("auth-bypass", code)
             assert code == C.UNAUTHENTICATED, f"{name} with {metadata}: {code.name} {details}"
             assert TOKEN not in details
+    # The inference service's API takes the same token (issue 23); its health check needs none.
+    with grpc.insecure_channel(servers.inference_target) as channel:
+        for name in ("Detect", "ListModels"):
+            method = INFERENCE.methods_by_name[name]
+            code, details, _ = call(channel, method, _message_class(method.input_type)(), metadata)
+            assert code == C.UNAUTHENTICATED, f"inference {name} with {metadata}: {code.name} {details}"
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_credentials_are_never_echoed(servers: Servers) -> None:

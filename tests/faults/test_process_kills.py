@@ -252,6 +252,10 @@ def test_kill_each_process_kind_under_load(stack: dict[str, Any]) -> None:
         # From the kill: restarting NATS/PostgreSQL (what their supervisor would do) is part of recovering.
         recovery[kind] = round(time.monotonic() - t0, 1)
     print(f"\nrecovery after kill -9 (s, to fresh results of both cameras): {recovery}")
+    # Issue 23: <= 5 s for any process on an idle machine; generous bounds here (a shared test machine).
+    # A restarted decoder agent reports its start time, so control re-places its channels at once rather
+    # than after the heartbeat timeout (11.1 s before).
+    assert recovery["decoder agent"] <= 8.0, recovery
 
     # Hostile messages on the bus, as a broken or forged producer would publish them: nothing may crash and
     # nothing may stop the real results from being stored (a batch PostgreSQL refuses must not block it).

@@ -112,8 +112,8 @@ async def test_detect_corrupt_jpeg_body(
 async def test_detect_limits_and_unknown_model(stub: inference_pb2_grpc.InferenceServiceStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Detect(inference_pb2.DetectRequest(image=b"\xff\xd8\xff" + b"\0" * 2_100_000))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit is 2000000 bytes" in (
-        err.value.details() or ""
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and (
+        "limit of 2000000 bytes (max_image_bytes)" in (err.value.details() or "")
     )
     # 2000x2000 black PNG: ~10 KB on the wire, 4 MP decoded: refused from its header before decoding.
     big = encode(np.zeros((2000, 2000, 3), np.uint8), ".png")
@@ -192,9 +192,14 @@ def test_service_process_serves_health_and_detect(
                     break
                 time.sleep(0.1)
             assert status == health_pb2.HealthCheckResponse.SERVING
-            resp = inference_pb2_grpc.InferenceServiceStub(channel).Detect(
-                inference_pb2.DetectRequest(image=encode(frames[200], ".jpg")), timeout=30
-            )
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            request = inference_pb2.DetectRequest(image=encode(frames[200], ".jpg"))
+            # The API wants the control API's token (here the one the service made in its data dir).
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Detect(request, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            token = (tmp_path / "control" / "api-token").read_text().strip()
+            resp = stub.Detect(request, timeout=30, metadata=(("authorization", f"Bearer {token}"),))
             assert sum(d.class_name == "person" for d in resp.detections) >= 4
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -285,8 +285,9 @@ def test_cli_scenario_lifecycle(stack: dict[str, Any], rtsp_camera: RtspCameraFa
         assert got["source"]["redacted_url"].startswith("rtsp://***@")
         assert got["status"] == "SCENARIO_STATUS_INACTIVE"
 
-        started = vap("scenario", "start", sid)
+        started = vap("scenario", "start", sid, "--wait", "30")
         assert started.returncode == EXIT_OK, started.stderr
+        assert f"{sid}: STREAMING" in started.stdout, started.stdout  # video flows, not just ACTIVE
         _wait_status(proc, sid, data, "ACTIVE")  # the decoder logged in with the credentials
         # Start is idempotent: a second start of a running scenario is a no-op, not an error.
         assert vap("scenario", "start", sid).returncode == EXIT_OK

@@ -360,6 +360,7 @@ class AgentStatus(_message.Message):
     REPORT_TIME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Agent id, unique in the cluster and stable across restarts of the agent on the same node."""
     node_id: _builtins.str
@@ -382,6 +383,13 @@ class AgentStatus(_message.Message):
     def capacity(self) -> _nodes_pb2.NodeCapacity:
         """Capacity of the agent's node (node registration: max channels, inference backend, models, labels)."""
 
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When this agent process started. A report from an agent that started after a scenario was placed on it
+        and does not list the scenario's channel means the channel went down with the previous agent process:
+        control places it again at once instead of waiting for the heartbeat timeout.
+        """
+
     def __init__(
         self,
         *,
@@ -393,10 +401,11 @@ class AgentStatus(_message.Message):
         report_time: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.str = ...,
         capacity: _nodes_pb2.NodeCapacity | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "report_time", b"report_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "report_time", b"report_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capacity", b"capacity", "channels", b"channels", "max_workers", b"max_workers", "node_id", b"node_id", "pid", b"pid", "report_time", b"report_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capacity", b"capacity", "channels", b"channels", "max_workers", b"max_workers", "node_id", b"node_id", "pid", b"pid", "report_time", b"report_time", "start_time", b"start_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

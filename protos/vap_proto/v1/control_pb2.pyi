@@ -101,16 +101,26 @@ class GetScenarioRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SCENARIO_ID_FIELD_NUMBER: _builtins.int
+    WAIT_STREAMING_FIELD_NUMBER: _builtins.int
     scenario_id: _builtins.str
     """Scenario id."""
+    @_builtins.property
+    def wait_streaming(self) -> _duration_pb2.Duration:
+        """Wait up to this long (at most 60 s) for the scenario's channel to stream (health.state STREAMING)
+        before answering; the answer is the scenario as it is then, streaming or not (a camera that cannot be
+        reached shows health.state RECONNECTING with health.reason, since health.state_since_ns). Unset = answer
+        at once. A scenario that is not running (INACTIVE, FAILED, stopping) is answered at once.
+        """
+
     def __init__(
         self,
         *,
         scenario_id: _builtins.str = ...,
+        wait_streaming: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["wait_streaming", b"wait_streaming"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["scenario_id", b"scenario_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scenario_id", b"scenario_id", "wait_streaming", b"wait_streaming"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

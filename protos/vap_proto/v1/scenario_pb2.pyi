@@ -37,7 +37,12 @@ class _ScenarioStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Scenar
     SCENARIO_STATUS_IN_STARTUP_PROCESSING: _ScenarioStatus.ValueType  # 2
     """The start command reached a decoder agent, which is starting the channel."""
     SCENARIO_STATUS_ACTIVE: _ScenarioStatus.ValueType  # 3
-    """Running: the decoder process is up and the pipeline processes the channel."""
+    """Running: a decoder process runs the channel on an agent. This is the lifecycle, not the video: it does
+    NOT say that frames flow. Scenario.health.state does: STREAMING = frames arrive and are analysed;
+    CONNECTING / RECONNECTING = the camera cannot be reached (yet), with health.reason and
+    health.state_since_ns ("cannot reach the camera since T"). A client that wants video waits for
+    health.state STREAMING (GetScenarioRequest.wait_streaming does it server-side).
+    """
     SCENARIO_STATUS_INIT_SHUTDOWN: _ScenarioStatus.ValueType  # 4
     """Stop requested; the stop command is in the outbox."""
     SCENARIO_STATUS_IN_SHUTDOWN_PROCESSING: _ScenarioStatus.ValueType  # 5
@@ -62,7 +67,12 @@ SCENARIO_STATUS_INIT_STARTUP: ScenarioStatus.ValueType  # 1
 SCENARIO_STATUS_IN_STARTUP_PROCESSING: ScenarioStatus.ValueType  # 2
 """The start command reached a decoder agent, which is starting the channel."""
 SCENARIO_STATUS_ACTIVE: ScenarioStatus.ValueType  # 3
-"""Running: the decoder process is up and the pipeline processes the channel."""
+"""Running: a decoder process runs the channel on an agent. This is the lifecycle, not the video: it does
+NOT say that frames flow. Scenario.health.state does: STREAMING = frames arrive and are analysed;
+CONNECTING / RECONNECTING = the camera cannot be reached (yet), with health.reason and
+health.state_since_ns ("cannot reach the camera since T"). A client that wants video waits for
+health.state STREAMING (GetScenarioRequest.wait_streaming does it server-side).
+"""
 SCENARIO_STATUS_INIT_SHUTDOWN: ScenarioStatus.ValueType  # 4
 """Stop requested; the stop command is in the outbox."""
 SCENARIO_STATUS_IN_SHUTDOWN_PROCESSING: ScenarioStatus.ValueType  # 5
@@ -415,7 +425,9 @@ class Scenario(_message.Message):
 
     @_builtins.property
     def health(self) -> _health_pb2.ChannelHealth:
-        """Output only: latest health of the scenario's channel."""
+        """Output only: latest health of the scenario's channel: whether video flows (state STREAMING) or why not
+        (RECONNECTING + reason, since state_since_ns). See SCENARIO_STATUS_ACTIVE.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:

@@ -188,7 +188,10 @@ async def apply_status(
             listed=channel is not None,
             running=channel is not None and not _process_gone(channel),
             placed_long_ago=channel is None
-            and await _assigned_before(conn, scenario.id, agent_timeout_s, report),
+            and (
+                await _restarted_since_placement(conn, scenario.id, report)
+                or await _assigned_before(conn, scenario.id, agent_timeout_s, report)
+            ),
             agent=report.agent_id,
             failover=settings.failover,
         )
@@ -213,6 +216,18 @@ async def _assigned_before(
     return await repo.placed_before(
         conn, scenario_id, seconds=seconds, reported=made, margin_s=min(seconds, 1.0)
     )
+
+
+async def _restarted_since_placement(
+    conn: Conn, scenario_id: uuid.UUID, report: agent_pb2.AgentStatus
+) -> bool:
+    # The agent process started after the scenario was placed on it and does not list the channel: the
+    # decoder went down with the previous process. A second of margin covers clocks of two hosts a little
+    # apart (a later start by less than that waits for the usual timeout).
+    if not report.HasField("start_time"):
+        return False
+    started = report.start_time.ToDatetime(UTC)
+    return await repo.placed_before_time(conn, scenario_id, started, margin_s=1.0)
 
 
 async def reconcile_dead_agents(conn: Conn, settings: ControlSettings) -> int:

@@ -7,6 +7,7 @@ and answered INTERNAL without details. Authentication happens before (auth.Beare
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +18,7 @@ import grpc
 
 from vap_common.logs import get_logger
 from vap_common.redact import redact_text, redact_url
-from vap_control import metrics, placement, queries, validation
+from vap_control import lifecycle, metrics, placement, queries, validation
 from vap_control.agent_sync import AgentSync
 from vap_control.db.pool import Pool
 from vap_control.errors import ControlError, InvalidArgumentError, NotFoundError
@@ -29,6 +30,10 @@ from vap_control.subscriptions import DetectionFilter, EventFilter, FanOut
 from vap_proto.v1 import control_pb2, control_pb2_grpc, health_pb2, inference_pb2
 
 _log = get_logger("vap.control.api")
+
+# GetScenario's wait_streaming: at most this long, and only while the scenario is starting or running.
+MAX_WAIT_STREAMING_S = 60.0
+WAIT_STREAMING_WHILE = frozenset({lifecycle.INIT_STARTUP, lifecycle.IN_STARTUP_PROCESSING, lifecycle.ACTIVE})
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -96,7 +101,23 @@ class ControlApi(control_pb2_grpc.ControlServiceServicer):
     async def GetScenario(
         self, request: control_pb2.GetScenarioRequest, context: Context
     ) -> control_pb2.GetScenarioResponse:
-        return control_pb2.GetScenarioResponse(scenario=await self._ops.get(_uuid(request.scenario_id)))
+        scenario_id = _uuid(request.scenario_id)
+        scenario = await self._ops.get(scenario_id)
+        if request.HasField("wait_streaming"):
+            wait_s = request.wait_streaming.ToNanoseconds() / 1e9
+            if not 0 <= wait_s <= MAX_WAIT_STREAMING_S:
+                raise InvalidArgumentError(
+                    "wait_streaming", f"must be between 0 and {MAX_WAIT_STREAMING_S:g} s"
+                )
+            deadline = time.monotonic() + wait_s
+            while (
+                scenario.status in WAIT_STREAMING_WHILE
+                and scenario.health.state != health_pb2.CHANNEL_STATE_STREAMING
+                and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+                scenario = await self._ops.get(scenario_id)
+        return control_pb2.GetScenarioResponse(scenario=scenario)
 
     @unary
     async def ListScenarios(
@@ -208,6 +229,11 @@ class ControlApi(control_pb2_grpc.ControlServiceServicer):
     ) -> inference_pb2.DetectResponse:
         if not request.image:
             raise InvalidArgumentError("image", "required: JPEG or PNG bytes")
+        limit = self._settings.max_request_bytes
+        if len(request.image) > limit:
+            raise InvalidArgumentError(
+                "image", f"{len(request.image)} bytes is over the limit of {limit} bytes (max_request_bytes)"
+            )
         if request.HasField("confidence_threshold"):
             validation.unit_interval(request.confidence_threshold, "confidence_threshold")
         return await self._inference.detect(request)

@@ -20,9 +20,17 @@ class RemoteError(ControlError):
 
 class InferenceClient:
     def __init__(
-        self, target: str | None, *, timeout_s: float, cache_s: float, max_message_bytes: int
+        self,
+        target: str | None,
+        *,
+        timeout_s: float,
+        cache_s: float,
+        max_message_bytes: int,
+        token: str = "",
     ) -> None:
         self.target = target
+        # The inference service takes the same bearer tokens as the control API (vap_common.grpc_auth).
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout_s
         self._cache_s = cache_s
         self._channel: grpc.aio.Channel | None = None
@@ -47,7 +55,7 @@ class InferenceClient:
     async def detect(self, request: inference_pb2.DetectRequest) -> inference_pb2.DetectResponse:
         try:
             response: inference_pb2.DetectResponse = await self._get_stub().Detect(
-                request, timeout=self._timeout
+                request, timeout=self._timeout, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as exc:
             raise _remote(exc) from None
@@ -59,7 +67,7 @@ class InferenceClient:
             return cached[1]
         try:
             response: inference_pb2.ListModelsResponse = await self._get_stub().ListModels(
-                inference_pb2.ListModelsRequest(), timeout=min(self._timeout, 10.0)
+                inference_pb2.ListModelsRequest(), timeout=min(self._timeout, 10.0), metadata=self._metadata
             )
         except grpc.aio.AioRpcError as exc:
             raise _remote(exc) from None

@@ -57,3 +57,9 @@ SUBSCRIBER_DROPPED = Counter(
 FANOUT_MESSAGES = Counter(
     "vap_control_fanout_messages_total", "Bus messages fanned out, by stream", ["stream"]
 )
+
+
+def refused_call(method: str) -> None:
+    """A call refused with UNAUTHENTICATED (vap_common.grpc_auth)."""
+    AUTH_FAILURES.inc()
+    RPC_TOTAL.labels(method, "UNAUTHENTICATED").inc()

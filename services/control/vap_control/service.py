@@ -22,9 +22,10 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from vap_common.embedded import redact_dsn
+from vap_common.grpc_auth import BearerTokenInterceptor, load_or_create_token
 from vap_common.logs import get_logger
+from vap_control import metrics
 from vap_control.agent_sync import AgentSync
-from vap_control.auth import BearerTokenInterceptor, load_or_create_token
 from vap_control.bus import NatsConnection
 from vap_control.db.migrate import migrate
 from vap_control.db.pool import Pool, open_pool
@@ -42,6 +43,10 @@ _log = get_logger("vap.control")
 
 CONTROL_SERVICE = control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+# Room above max_request_bytes for the fields of a request besides its image.
+REQUEST_HEADROOM = 1024 * 1024
 
 
 def api_tokens(settings: ControlSettings) -> list[str]:
@@ -68,9 +73,13 @@ def grpc_server_setup(
     list[grpc.aio.ServerInterceptor], list[tuple[str, Any]], list[tuple[str, grpc.ServerCredentials | None]]
 ]:
     """Interceptors, server options and the API port for ServiceRuntime."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [BearerTokenInterceptor(api_tokens(settings))]
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        BearerTokenInterceptor(api_tokens(settings), on_refused=metrics.refused_call)
+    ]
     options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        # Above the request limit by the size of a request's other fields: a Detect image over the limit
+        # then gets INVALID_ARGUMENT naming it, not the transport's RESOURCE_EXHAUSTED.
+        ("grpc.max_receive_message_length", settings.max_request_bytes + REQUEST_HEADROOM),
         ("grpc.max_send_message_length", settings.max_response_bytes),
         # Long-lived subscription streams through NAT/load balancers: ping idle connections.
         ("grpc.keepalive_time_ms", 30_000),
@@ -106,7 +115,8 @@ class ControlService:
             settings.inference_target,
             timeout_s=settings.inference_timeout_s,
             cache_s=settings.models_cache_s,
-            max_message_bytes=settings.max_request_bytes,
+            max_message_bytes=settings.max_request_bytes + REQUEST_HEADROOM,
+            token=api_tokens(settings)[0],
         )
         self.agents: AgentSync | None = None
         self.fanout: FanOut | None = None

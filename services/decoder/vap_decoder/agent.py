@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import suppress
@@ -66,6 +67,7 @@ class DecoderAgent:
         self.settings = settings
         self.agent_id = settings.agent_id
         self.nc = nc
+        self._started_ns = time.time_ns()  # reported: control re-places at once what a restart lost
         self.channels: dict[str, ChannelSupervisor] = {}
         self._env = child_environment(settings)
         self._replies: OrderedDict[str, asyncio.Future[AgentReply]] = OrderedDict()
@@ -302,6 +304,7 @@ class DecoderAgent:
             capacity=self.capacity(),
         )
         status.report_time.GetCurrentTime()
+        status.start_time.FromNanoseconds(self._started_ns)
         return status
 
     async def _publish_status(self) -> None:

@@ -11,7 +11,9 @@ import sys
 
 from vap_common.embedded import service_endpoints
 from vap_common.entry import service_main
+from vap_common.grpc_auth import BearerTokenInterceptor
 from vap_common.runtime import ServiceRuntime
+from vap_inference import metrics
 from vap_inference.grpc_api import InferenceApi, add_to_server
 from vap_inference.manager import ModelManager
 from vap_inference.service import InferenceService
@@ -22,7 +24,10 @@ async def run(settings: InferenceSettings) -> None:
     import cv2
 
     cv2.setNumThreads(settings.opencv_threads)
-    async with ServiceRuntime("inference", settings) as runtime:
+    refused = metrics.API_REFUSED.inc
+    interceptors = [BearerTokenInterceptor(settings.api_tokens(), on_refused=lambda method: refused())]
+    options = [("grpc.max_receive_message_length", settings.max_image_bytes + 1024 * 1024)]
+    async with ServiceRuntime("inference", settings, interceptors=interceptors, options=options) as runtime:
         manager = ModelManager(settings)
         api = InferenceApi(settings, manager)
         add_to_server(runtime.add_grpc_service(), api)

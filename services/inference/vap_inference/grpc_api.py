@@ -50,7 +50,9 @@ class InferenceApi(inference_pb2_grpc.InferenceServiceServicer):
             await self._abort(context, invalid, "image is empty")
         if len(data) > s.max_image_bytes:
             await self._abort(
-                context, invalid, f"image is {len(data)} bytes; the limit is {s.max_image_bytes} bytes"
+                context,
+                invalid,
+                f"image: {len(data)} bytes is over the limit of {s.max_image_bytes} bytes (max_image_bytes)",
             )
         try:
             width, height = header_size(data)

@@ -74,3 +74,8 @@ def for_model(model: str) -> ModelMetrics:
             {stage: STAGE_SECONDS.labels(model, stage) for stage in STAGES},
         )
     return m
+
+
+API_REFUSED = Counter(
+    "vap_inference_api_refused_total", "Detect/ListModels calls refused with UNAUTHENTICATED"
+)

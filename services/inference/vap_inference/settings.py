@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from vap_common.grpc_auth import load_or_create_token
 from vap_common.paths import models_dir
 from vap_common.settings import ServiceSettings
 from vap_models import DEFAULT_MODEL
@@ -79,9 +80,22 @@ class InferenceSettings(ServiceSettings):
     node_id: str = ""
     max_detections: int = Field(default=300, ge=1)
 
-    # gRPC Detect limits.
+    # gRPC Detect limits. The server accepts messages this much larger than max_image_bytes (the request's
+    # other fields), so an image over the limit gets INVALID_ARGUMENT naming it, not RESOURCE_EXHAUSTED.
     max_image_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
+
+    # The API (Detect, ListModels) takes the control API's bearer tokens: auth_tokens, else the token in
+    # auth_token_file (default: the control service's, <data_dir>/control/api-token, created if missing).
+    # Health and reflection need none.
+    auth_tokens: list[SecretStr] = Field(default_factory=list)
+    auth_token_file: Path | None = None
+
+    def api_tokens(self) -> list[str]:
+        tokens = [t.get_secret_value() for t in self.auth_tokens]
+        return tokens or [
+            load_or_create_token(self.auth_token_file or self.data_dir / "control" / "api-token")
+        ]
 
     def resolved_models_dir(self) -> Path:
         return self.models_dir if self.models_dir is not None else models_dir()

@@ -377,6 +377,16 @@ async def placed_before(
     return await cur.fetchone() is not None
 
 
+async def placed_before_time(conn: Conn, scenario_id: uuid.UUID, when: datetime, *, margin_s: float) -> bool:
+    """Whether the scenario's placement was made more than ``margin_s`` before ``when``."""
+    cur = await conn.execute(
+        "SELECT 1 FROM workers WHERE scenario_id = %s"
+        " AND update_time < %s::timestamptz - make_interval(secs => %s)",
+        (scenario_id, when, margin_s),
+    )
+    return await cur.fetchone() is not None
+
+
 async def release_worker(conn: Conn, scenario_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM workers WHERE scenario_id = %s", (scenario_id,))
 

@@ -1,11 +1,11 @@
-"""Bearer-token authentication for the gRPC API, as a server interceptor.
+"""Bearer-token authentication of VAP's gRPC APIs (ControlService, InferenceService): a server interceptor.
 
 Every call needs ``authorization: Bearer <token>`` metadata matching one of the configured tokens (compared in
 constant time, so response timing says nothing about how much of a guess was right). Health checks and server
 reflection are exempt: load balancers and grpcurl-style tools must work without the token, and neither
 reveals data. Refused calls end with UNAUTHENTICATED before the servicer runs.
 
-Also counts every call by method and status code (``vap_control_rpc_total``).
+Each service counts refused calls through the ``on_refused`` callback (e.g. ``vap_control_rpc_total``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from typing import Any, TypeVar
 import grpc
 
 from vap_common.logs import get_logger
-from vap_control import metrics
 
-_log = get_logger("vap.control.auth")
+_log = get_logger("vap.grpc_auth")
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -88,10 +87,11 @@ def _abort_handler(
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: Sequence[str]) -> None:
+    def __init__(self, tokens: Sequence[str], *, on_refused: Callable[[str], None] | None = None) -> None:
         if not tokens or any(not t for t in tokens):
             raise ValueError("at least one non-empty API token is required")
         self._tokens = [t.encode() for t in tokens]
+        self._on_refused = on_refused  # called with the method name of every refused call
 
     def authorized(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
         value = next((v for k, v in metadata or () if k == "authorization"), None)
@@ -121,8 +121,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if self.authorized(handler_call_details.invocation_metadata):
             return handler
-        metrics.AUTH_FAILURES.inc()
-        metrics.RPC_TOTAL.labels(method.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc()
+        if self._on_refused is not None:
+            self._on_refused(method.rsplit("/", 1)[-1])
         return _abort_handler(
             handler, "missing or invalid bearer token (metadata 'authorization: Bearer <token>')"
         )
