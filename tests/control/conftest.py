@@ -23,6 +23,12 @@ from vap_control.testing import (
 TOKEN = "test-token-" + uuid.uuid4().hex
 
 
+@pytest.fixture(scope="session")
+def control_token() -> str:
+    """The test control service's API token (also the inference service's, which control calls with it)."""
+    return TOKEN
+
+
 @pytest.fixture(scope="module")
 def control_db(database_url: str) -> Iterator[str]:
     url = fresh_database(database_url)

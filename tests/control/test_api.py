@@ -307,8 +307,13 @@ async def test_invalid_values_of_existing_scenarios_and_streams(control: Running
 
 
 async def test_request_size_limit(control: RunningControl) -> None:
+    # Just over the limit: INVALID_ARGUMENT naming the setting (issue 23); far over: the transport refuses.
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await control.stub.Detect(inference_pb2.DetectRequest(image=b"\0" * (MAX_REQUEST + 1)))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_request_bytes" in (error.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await control.stub.Detect(inference_pb2.DetectRequest(image=b"\0" * (3 * MAX_REQUEST + 1024 * 1024)))
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 

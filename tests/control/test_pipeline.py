@@ -93,7 +93,7 @@ def models_available() -> None:
 
 @pytest.fixture(scope="module")
 def pipeline(
-    models_available: None, nats_url: str, tmp_path_factory: pytest.TempPathFactory
+    models_available: None, nats_url: str, tmp_path_factory: pytest.TempPathFactory, control_token: str
 ) -> Iterator[dict[str, ServiceProcess]]:
     pytest.importorskip("vap_tracker.service", reason="the tracker service (services/tracker) is needed")
     logs = tmp_path_factory.mktemp("pipeline")
@@ -106,6 +106,8 @@ def pipeline(
             "VAP_INFERENCE_DEFAULT_MODEL": MODEL,
             "VAP_INFERENCE_THREADS": "1",
             "VAP_INFERENCE_DATA_DIR": str(logs / "inference-data"),
+            # The control API's token: control forwards Detect/ListModels with it.
+            "VAP_INFERENCE_AUTH_TOKENS": json.dumps([control_token]),
         },
     )
     tracker = ServiceProcess(
