@@ -37,17 +37,14 @@ from vap_control.db.migrate import available
 from vap_control.testing import (
     RunningControl,
     control_settings,
-    drop_database,
-    fresh_database,
     running_control,
+    temporary_database,
     wait_for,
 )
 from vap_proto.v1 import agent_pb2, control_pb2, health_pb2, scenario_pb2, source_pb2
 
+S, CS = scenario_pb2.ScenarioStatus, health_pb2.ChannelState
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-S = scenario_pb2.ScenarioStatus
-CS = health_pb2.ChannelState
 RUN = uuid.uuid4().hex[:8]
 
 
@@ -61,27 +58,29 @@ def _pw(tag: str) -> str:
     return f"Pw{tag}{RUN}"
 
 
-# Shapes the API accepts (the decoders try them: nothing listens on port 9, so FFmpeg fails and quotes
-# the URL in its errors). Each: (id, url, password).
-ACCEPTED = [
-    ("userinfo", f"rtsp://viewer:{_pw('Ui')}@127.0.0.1:9/cam", _pw("Ui")),
-    ("percent", f"rtsp://us%40er:{_pw('Pe')}%3A%2F%40@127.0.0.1:9/cam", _pw("Pe")),
-    ("query-password", f"rtsp://127.0.0.1:9/cam?user=admin&password={_pw('Qp')}", _pw("Qp")),
-    ("query-pwd", f"http://127.0.0.1:9/video.mjpg?user=admin&pwd={_pw('Qw')}", _pw("Qw")),
-    ("query-pass-token", f"http://127.0.0.1:9/v.mjpg?pass={_pw('Qs')}&token={_pw('Qt')}", _pw("Qs")),
-    ("ipv6", f"rtsp://viewer:{_pw('V6')}@[::1]:9/cam", _pw("V6")),
-    ("raw-at", f"rtsp://viewer:{_pw('At')}@x@127.0.0.1:9/cam", _pw("At")),
-]
-# Shapes the API refuses: the error names the field, never the password.
-REFUSED = [
-    ("no-scheme", f"viewer:{_pw('Ns')}@127.0.0.1", _pw("Ns")),
-    ("no-scheme-ipv6", f"viewer:{_pw('N6')}@[::1]:8554/cam", _pw("N6")),
-    ("slash-in-password", f"rtsp://viewer:{_pw('Sl')}/x@127.0.0.1/cam", _pw("Sl")),
-    ("bad-port", f"rtsp://viewer:{_pw('Bp')}@127.0.0.1:99999/cam", _pw("Bp")),
-    ("ftp", f"ftp://viewer:{_pw('Ft')}@127.0.0.1/cam", _pw("Ft")),
-    ("no-host", f"rtsp://viewer:{_pw('Nh')}@/cam", _pw("Nh")),
-]
-ALL_PASSWORDS = [pw for _, _, pw in ACCEPTED + REFUSED] + [_pw("Qt")]
+# One shape a line: name, whether the API accepts it, the URL ({pw}: that shape's password). Accepted shapes
+# are started: nothing listens on port 9, so each decoder's FFmpeg fails and quotes the URL in its errors.
+# Refused ones: the error names the field, never the password.
+_SHAPES = """
+userinfo           yes  rtsp://viewer:{pw}@127.0.0.1:9/cam
+percent            yes  rtsp://us%40er:{pw}%3A%2F%40@127.0.0.1:9/cam
+query-password     yes  rtsp://127.0.0.1:9/cam?user=admin&password={pw}
+query-pwd          yes  http://127.0.0.1:9/video.mjpg?user=admin&pwd={pw}
+query-pass-token   yes  http://127.0.0.1:9/v.mjpg?pass={pw}&token={pw}T
+ipv6               yes  rtsp://viewer:{pw}@[::1]:9/cam
+raw-at             yes  rtsp://viewer:{pw}@x@127.0.0.1:9/cam
+no-scheme          no   viewer:{pw}@127.0.0.1
+no-scheme-ipv6     no   viewer:{pw}@[::1]:8554/cam
+slash-in-password  no   rtsp://viewer:{pw}/x@127.0.0.1/cam
+bad-port           no   rtsp://viewer:{pw}@127.0.0.1:99999/cam
+ftp                no   ftp://viewer:{pw}@127.0.0.1/cam
+no-host            no   rtsp://viewer:{pw}@/cam
+"""
+SHAPES = [line.split() for line in _SHAPES.strip().splitlines()]
+PASSWORDS = {shape: _pw(shape.replace("-", "")) for shape, _, _ in SHAPES}
+ACCEPTED = [(shape, url.format(pw=PASSWORDS[shape])) for shape, ok, url in SHAPES if ok == "yes"]
+REFUSED = [(shape, url.format(pw=PASSWORDS[shape])) for shape, ok, url in SHAPES if ok == "no"]
+ALL_PASSWORDS = list(PASSWORDS.values())
 
 
 def _leaks(text: str | bytes) -> list[str]:
@@ -173,7 +172,7 @@ async def test_no_password_in_any_shape_reaches_responses_logs_metrics_bus_or_da
             control_pb2.CreateScenarioRequest(scenario=_scenario("rtsp://127.0.0.1:9/x", "holder"))
         )
         keep(holder)
-        for shape, url, _ in REFUSED:
+        for shape, url in REFUSED:
             for call in (
                 control.stub.CreateScenario(
                     control_pb2.CreateScenarioRequest(scenario=_scenario(url, shape))
@@ -194,7 +193,7 @@ async def test_no_password_in_any_shape_reaches_responses_logs_metrics_bus_or_da
 
         # Accepted shapes: created and started; each decoder process tries its URL and fails.
         ids: dict[str, str] = {}
-        for shape, url, _ in ACCEPTED:
+        for shape, url in ACCEPTED:
             created = await control.stub.CreateScenario(
                 control_pb2.CreateScenarioRequest(scenario=_scenario(url, shape), start=True)
             )
@@ -263,7 +262,7 @@ async def test_no_password_in_any_shape_reaches_responses_logs_metrics_bus_or_da
                 starts.append(command.start_channel)
     assert len(starts) >= len(ACCEPTED) + 1
     fernet = Fernet(os.environ[KEYS_ENV].encode())
-    urls = {url for _, url, _ in ACCEPTED}
+    urls = {url for _, url in ACCEPTED}
     for start in starts:
         assert start.source.url == "" and start.sealed_url
         assert fernet.decrypt(start.sealed_url).decode() in urls
@@ -294,11 +293,8 @@ async def test_no_password_in_any_shape_reaches_responses_logs_metrics_bus_or_da
 
 @pytest.fixture
 def rotation_db(database_url: str) -> Iterator[str]:
-    url = fresh_database(database_url)
-    try:
+    with temporary_database(database_url) as url:
         yield url
-    finally:
-        drop_database(database_url, url)
 
 
 @asynccontextmanager
