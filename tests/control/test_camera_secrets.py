@@ -312,7 +312,8 @@ async def _control_with_keys(
             yield running
 
 
-def _agent(nats_url: str, log: Path, keys: str, label: str) -> Any:
+def _agent(nats_url: str, log: Path, label: str, **key_env: str) -> Any:
+    """A decoder agent for scenarios that select ``k=label``, its camera keys from ``key_env`` only."""
     from vap_decoder.testing import AgentProcess
 
     agent = AgentProcess(
@@ -323,7 +324,8 @@ def _agent(nats_url: str, log: Path, keys: str, label: str) -> Any:
         stop_grace_s=3,
         node_labels=json.dumps({"k": label}),
     )
-    agent.env[KEYS_ENV] = keys
+    agent.env.pop(KEYS_ENV, None)
+    agent.env.update(key_env)
     return agent.start()
 
 
@@ -360,7 +362,7 @@ async def test_rotation_old_sealed_urls_open_then_start_up_reseals_under_the_new
     agents: list[Any] = []
 
     # 1. Sealed under the old key. Rotation step 1: agents get "new,old" first; they still open it.
-    agents.append(_agent(nats_url, tmp_path / "agent-1.log", f"{new},{old}", label))
+    agents.append(_agent(nats_url, tmp_path / "agent-1.log", label, VAP_CAMERA_KEYS=f"{new},{old}"))
     try:
         async with _control_with_keys(nats_url, rotation_db, old, tmp_path / "c1.log", monkeypatch) as c:
             created = await c.stub.CreateScenario(
@@ -383,7 +385,7 @@ async def test_rotation_old_sealed_urls_open_then_start_up_reseals_under_the_new
         agents[0].stop()
 
     # 3. The old key dropped everywhere: the scenario still starts and streams.
-    agents.append(_agent(nats_url, tmp_path / "agent-2.log", new, label))
+    agents.append(_agent(nats_url, tmp_path / "agent-2.log", label, VAP_CAMERA_KEYS=new))
     try:
         async with _control_with_keys(nats_url, rotation_db, new, tmp_path / "c3.log", monkeypatch) as c:
             await c.stub.StartScenario(control_pb2.StartScenarioRequest(scenario_id=sid))
@@ -399,25 +401,39 @@ async def test_rotation_old_sealed_urls_open_then_start_up_reseals_under_the_new
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_agent_without_the_key_refuses_the_start_with_a_reason(
+async def test_agent_without_the_key_refuses_the_start_until_its_key_file_has_it(
     nats_url: str, rotation_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An agent whose keys do not open the sealed URL: the scenario FAILS with a reason that says so."""
-    label = uuid.uuid4().hex[:8]
-    agent = _agent(nats_url, tmp_path / "agent.log", generate_key(), label)
+    """An agent whose keys do not open the sealed URL: the scenario FAILS with a reason that says so. Once
+    the agent's key file holds the key (rotation on a key file), the next start opens it without a restart."""
+    label, key = uuid.uuid4().hex[:8], generate_key()
+    key_file = tmp_path / "agent.key"
+    key_file.write_text(generate_key() + "\n")
+    agent = _agent(nats_url, tmp_path / "agent.log", label, VAP_CAMERA_KEY_FILE=str(key_file))
     try:
-        async with _control_with_keys(
-            nats_url, rotation_db, generate_key(), tmp_path / "control.log", monkeypatch
-        ) as control:
+        async with _control_with_keys(nats_url, rotation_db, key, tmp_path / "control.log", monkeypatch) as c:
             url = f"rtsp://viewer:{_pw('Wk')}@127.0.0.1:9/cam"
-            created = await control.stub.CreateScenario(
+            created = await c.stub.CreateScenario(
                 control_pb2.CreateScenarioRequest(scenario=_scenario(url, "wrong-key", k=label), start=True)
             )
-            failed = await _wait_status(control, created.scenario.id, S.SCENARIO_STATUS_FAILED)
+            sid = created.scenario.id
+            failed = await _wait_status(c, sid, S.SCENARIO_STATUS_FAILED)
             assert "camera key" in failed.status_reason, failed.status_reason
-            assert _pw("Wk") not in str(failed) and _pw("Wk") not in control.log_text()
+            assert _pw("Wk") not in str(failed) and _pw("Wk") not in c.log_text()
+
+            key_file.write_text(f"{key}\n")
+            await c.stub.StartScenario(control_pb2.StartScenarioRequest(scenario_id=sid))
+
+            async def opened() -> bool:  # the decoder process tries the camera (nothing listens on port 9)
+                s = await _get(c, sid)
+                return s.health.state == CS.CHANNEL_STATE_RECONNECTING
+
+            await wait_for(opened, 30.0, "the decoder trying the URL opened with the new key")
+            await c.stub.StopScenario(control_pb2.StopScenarioRequest(scenario_id=sid))
+            await _wait_status(c, sid, S.SCENARIO_STATUS_INACTIVE)
     finally:
         agent.stop()
+    assert _pw("Wk") not in agent.log_text()
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -78,7 +78,8 @@ class DecoderAgent:
         self._status_task: asyncio.Task[None] | None = None
         self._closing = False
         self._registry = registry
-        # Camera keys, read at the first sealed URL (the control service may create the key file later).
+        # Camera keys, read at the first sealed URL (the control service may create the key file later) and
+        # again when none of them opens one.
         self._keys: CameraKeys | None = None
         self._collector = DecoderMetricsCollector(
             self._metric_rows, lambda: self.active_workers, settings.max_workers
@@ -216,11 +217,16 @@ class DecoderAgent:
         plaintext goes only to the decoder process (its stdin) and stays in this process's memory."""
         if not start.sealed_url:
             return start  # a plain URL from a client that talks to the agent directly
-        if self._keys is None:
-            self._keys = load_camera_keys(self.settings.data_dir, create=False)
         opened = StartChannel()
         opened.CopyFrom(start)
-        opened.source.url = self._keys.open(start.sealed_url)
+        try:
+            if self._keys is None:
+                raise CameraKeyError("no camera keys read yet")
+            opened.source.url = self._keys.open(start.sealed_url)
+        except CameraKeyError:
+            # Read the keys again: a key file may have got the new key of a rotation since.
+            self._keys = load_camera_keys(self.settings.data_dir, create=False)
+            opened.source.url = self._keys.open(start.sealed_url)
         opened.ClearField("sealed_url")
         return opened
 
