@@ -7,6 +7,7 @@ and tables uniquely (e.g. with a uuid) and clean up what you create.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -42,6 +43,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 f"skipped for something this machine can have (run scripts/setup.sh): {reason}\n"
                 f"Only these skips are allowed: {', '.join(ALLOWED_SKIP_REASONS)} (README: No hollow runs)."
             )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One camera key for the session (vap_common.camera_secrets), in the environment: the control services
+    tests run in this process seal camera URLs with it and the decoder agents they start (which inherit the
+    environment) open them, as `vap up` gives one key to both. Nothing is written into the checkout's
+    default data dir. `vap up` under test makes its own key file (vap_stack.testing drops this one)."""
+    from vap_common.camera_secrets import KEYS_ENV, generate_key
+
+    os.environ.setdefault(KEYS_ENV, generate_key())
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -18,6 +18,7 @@ from typing import IO, Any
 import grpc
 import yaml
 
+from vap_common.camera_secrets import KEY_FILE_ENV, KEYS_ENV
 from vap_proto.v1 import control_pb2_grpc
 
 
@@ -33,7 +34,9 @@ class StackProcess:
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.data_dir = Path(config.get("data_dir", workdir / "stack"))
         self.output = workdir / "vap-up.log"
-        self.env = {k: v for k, v in os.environ.items() if k != "VAP_CONFIG"} | (env or {})
+        # No camera key from outside: `vap up` makes and keeps its own in the data dir, as for a user.
+        inherited = {k: v for k, v in os.environ.items() if k not in ("VAP_CONFIG", KEYS_ENV, KEY_FILE_ENV)}
+        self.env = inherited | (env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self._out: IO[bytes] | None = None
 

@@ -15,7 +15,8 @@
    scenarios are stopped, the services stopped in reverse order, the cameras and servers last.
 
 ``<data_dir>/stack.json`` tells the ``vap`` CLI where the control API and its token file are (never a
-secret itself); ``<data_dir>/logs/*.log`` hold each service's log.
+secret itself); ``<data_dir>/logs/*.log`` hold each service's log. ``<data_dir>/secrets/camera.key`` is the
+camera key that control and the decoder agent seal and open camera URLs with (``camera_key_env``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any, Literal
 import grpc
 import yaml
 
+from vap_common.camera_secrets import KEY_FILE_ENV, KEYS_ENV, CameraKeyError, key_file_for, load_camera_keys
 from vap_common.embedded import EmbeddedServerError, EmbeddedServers
 from vap_common.paths import MODELS_ENV, REPO_ROOT, models_dir
 from vap_common.ports import free_tcp_port, port_free
@@ -74,6 +76,16 @@ def ensure_token(path: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token
+
+
+def camera_key_env(data_dir: Path) -> dict[str, str]:
+    """What gives control and the decoder agent the same camera keys: $VAP_CAMERA_KEYS when set (passed on
+    as it is), else the key file ($VAP_CAMERA_KEY_FILE, or ``<data_dir>/secrets/camera.key``, made with a new
+    key on the first run and kept: scenarios stored in the database stay sealed under it)."""
+    if os.environ.get(KEYS_ENV, "").strip():
+        return {}
+    load_camera_keys(data_dir, create=True)  # makes the file when missing; a bad key fails here, early
+    return {KEY_FILE_ENV: str(key_file_for(data_dir).resolve())}
 
 
 def resolve_models_dir() -> Path:
@@ -278,6 +290,10 @@ async def _start(
     _service_yaml(config, services_yaml)
     base = {"NATS_URL": nats_url, "VAP_CONFIG": str(services_yaml), MODELS_ENV: str(models_dir())}
     metrics = config.ports.metrics_base
+    try:
+        keys = camera_key_env(data_dir)
+    except CameraKeyError as exc:
+        raise StackError(str(exc)) from None
 
     def service(name: str, argv: list[str], prefix: str, index: int, **env: str) -> Service:
         health = _port(0)
@@ -287,7 +303,12 @@ async def _start(
             f"{prefix}DATA_DIR": str(data_dir / name),
             **env,
         }
-        return Service(name, argv, child_environment(extra), data_dir / "logs" / f"{name}.log", health)
+        camera_keys = name in ("control", "decoder-agent")  # the one that seals, the one that opens
+        full = child_environment(extra | (keys if camera_keys else {}))
+        if not camera_keys:
+            full.pop(KEYS_ENV, None)
+            full.pop(KEY_FILE_ENV, None)
+        return Service(name, argv, full, data_dir / "logs" / f"{name}.log", health)
 
     sup = stack.supervisor
     await sup.start(

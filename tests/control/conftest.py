@@ -12,13 +12,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from vap_control.testing import (
-    RunningControl,
-    control_settings,
-    drop_database,
-    fresh_database,
-    running_control,
-)
+from vap_control.testing import RunningControl, control_settings, running_control, temporary_database
 
 TOKEN = "test-token-" + uuid.uuid4().hex
 
@@ -31,11 +25,8 @@ def control_token() -> str:
 
 @pytest.fixture(scope="module")
 def control_db(database_url: str) -> Iterator[str]:
-    url = fresh_database(database_url)
-    try:
+    with temporary_database(database_url) as url:
         yield url
-    finally:
-        drop_database(database_url, url)
 
 
 @pytest.fixture(scope="module")

@@ -159,6 +159,13 @@ def test_accepted_source_urls(url: str) -> None:
         "ftp://u:secretpw@cam/x",
         "rtsp://u:secretpw@/x",
         "rtsp://u:secretpw@cam:70000/x",
+        # Odd shapes: no scheme, a password that ends the authority early (its tail read as a port), a
+        # percent-encoded one, IPv6.
+        "u:secretpw@127.0.0.1",
+        "u:secretpw@[::1]:8554/x",
+        "rtsp://u:secretpw/x@cam/x",
+        "rtsp://u:secretpw@[::1:8554/x",
+        "ftp://u%40x:secretpw%3A@cam/x",
         "rtsp://cam:0/x",
         "mailto:x@y",
         " rtsp://cam/x",
@@ -280,7 +287,9 @@ def test_scenarios_leave_the_service_without_credentials() -> None:
         id=uuid.uuid4(),
         client_request_id=None,
         channel_id="c",
-        source_url="rtsp://admin:topsecret@cam/1",
+        # A row sealed by start-up holds the redacted form here; even a plaintext one is never returned.
+        redacted_url="rtsp://admin:topsecret@cam/1",
+        sealed_url=None,
         spec=spec.SerializeToString(),
         status=lifecycle.FAILED,
         status_reason="open rtsp://admin:topsecret@cam/1 failed",

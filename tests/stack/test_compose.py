@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vap_common.camera_secrets import generate_key
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 SERVICES = {
@@ -31,17 +33,21 @@ def test_compose_config_is_valid() -> None:
         pytest.skip(
             "docker-compose is not installed (Debian package docker-compose, scripts/apt-packages.txt)"
         )
-    env = dict(os.environ, VAP_API_TOKEN="test-token")
+    env = dict(os.environ, VAP_API_TOKEN="test-token", VAP_CAMERA_KEYS=generate_key())
     ok = subprocess.run(
         [tool, "-f", str(COMPOSE), "config", "-q"], env=env, capture_output=True, text=True, check=False
     )
     assert ok.returncode == 0, ok.stderr
-    # The API token is mandatory: no deployment with a default token.
-    env.pop("VAP_API_TOKEN")
-    missing = subprocess.run(
-        [tool, "-f", str(COMPOSE), "config", "-q"], env=env, capture_output=True, text=True, check=False
-    )
-    assert missing.returncode != 0 and "VAP_API_TOKEN" in missing.stderr
+    # The API token and the camera key are mandatory: no deployment with a default token or key.
+    for name in ("VAP_API_TOKEN", "VAP_CAMERA_KEYS"):
+        missing = subprocess.run(
+            [tool, "-f", str(COMPOSE), "config", "-q"],
+            env={k: v for k, v in env.items() if k != name},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert missing.returncode != 0 and name in missing.stderr
 
 
 def test_compose_wiring() -> None:
@@ -56,6 +62,9 @@ def test_compose_wiring() -> None:
     assert shm >= workers * 8 * 1920 * 1080 * 3 // 2
     for reader in ("inference", "tracker", "web", "dataset"):
         assert services[reader]["ipc"] == "service:decoder-agent"
+    # The camera key: control seals, every decoder agent opens; no other service holds it.
+    holders = {name for name, s in services.items() if "VAP_CAMERA_KEYS" in s.get("environment", {})}
+    assert holders == {"control", "decoder-agent", "decoder-agent-2"}
     scraped = {
         t
         for job in yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())["scrape_configs"]

@@ -17,6 +17,7 @@ import http.client
 import json
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -323,6 +324,12 @@ def test_cli_scenario_lifecycle(stack: dict[str, Any], rtsp_camera: RtspCameraFa
             proc.cli("scenario", "delete", sid, "--force", *data)
     for text in outputs:
         assert password not in text, text
+    # The URL was sealed with the key `vap up` made in its data dir (0600) for control and the decoder agent;
+    # no service's log holds the password.
+    key_file = proc.data_dir / "secrets" / "camera.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    for log in (proc.data_dir / "logs").glob("*.log"):
+        assert password not in log.read_text(errors="replace"), log
 
 
 def test_cli_watch(stack: dict[str, Any], tmp_path: Path) -> None:

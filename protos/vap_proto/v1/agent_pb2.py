@@ -29,29 +29,29 @@ from vap_proto.v1 import nodes_pb2 as vap_dot_v1_dot_nodes__pb2
 from vap_proto.v1 import source_pb2 as vap_dot_v1_dot_source__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12vap/v1/agent.proto\x12\x06vap.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13vap/v1/health.proto\x1a\x12vap/v1/nodes.proto\x1a\x13vap/v1/source.proto\"[\n\x0cStartChannel\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0bscenario_id\x18\x02 \x01(\t\x12\"\n\x06source\x18\x03 \x01(\x0b\x32\x12.vap.v1.SourceSpec\"R\n\x0bStopChannel\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x13\n\x11ListAgentChannels\"\x80\x02\n\x0c\x41gentCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\rstart_channel\x18\n \x01(\x0b\x32\x14.vap.v1.StartChannelH\x00\x12+\n\x0cstop_channel\x18\x0b \x01(\x0b\x32\x13.vap.v1.StopChannelH\x00\x12\x32\n\rlist_channels\x18\x0c \x01(\x0b\x32\x19.vap.v1.ListAgentChannelsH\x00\x42\t\n\x07\x63ommand\"\xfb\x01\n\x0e\x43hannelProcess\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0bscenario_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x0c\n\x04ring\x18\x04 \x01(\t\x12\x12\n\nring_slots\x18\x05 \x01(\r\x12\x14\n\x0credacted_url\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x06health\x18\x08 \x01(\x0b\x32\x15.vap.v1.ChannelHealth\x12\x16\n\texit_code\x18\t \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_exit_code\"Q\n\x10\x41gentChannelList\x12(\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x16.vap.v1.ChannelProcess\x12\x13\n\x0bmax_workers\x18\x02 \x01(\r\"\xcc\x01\n\nAgentReply\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12$\n\x04\x63ode\x18\x03 \x01(\x0e\x32\x16.vap.v1.AgentReplyCode\x12\x0f\n\x07message\x18\x04 \x01(\t\x12)\n\x07\x63hannel\x18\n \x01(\x0b\x32\x16.vap.v1.ChannelProcessH\x00\x12,\n\x08\x63hannels\x18\x0b \x01(\x0b\x32\x18.vap.v1.AgentChannelListH\x00\x42\x08\n\x06result\"\x96\x02\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x13\n\x0bmax_workers\x18\x04 \x01(\r\x12(\n\x08\x63hannels\x18\x05 \x03(\x0b\x32\x16.vap.v1.ChannelProcess\x12/\n\x0breport_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x07 \x01(\t\x12&\n\x08\x63\x61pacity\x18\x08 \x01(\x0b\x32\x14.vap.v1.NodeCapacity\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x9a\x02\n\x0e\x41gentReplyCode\x12 \n\x1c\x41GENT_REPLY_CODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_REPLY_CODE_OK\x10\x01\x12 \n\x1c\x41GENT_REPLY_CODE_MAX_WORKERS\x10\x02\x12#\n\x1f\x41GENT_REPLY_CODE_ALREADY_EXISTS\x10\x03\x12\x1e\n\x1a\x41GENT_REPLY_CODE_NOT_FOUND\x10\x04\x12%\n!AGENT_REPLY_CODE_INVALID_ARGUMENT\x10\x05\x12 \n\x1c\x41GENT_REPLY_CODE_UNAVAILABLE\x10\x06\x12\x1d\n\x19\x41GENT_REPLY_CODE_INTERNAL\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12vap/v1/agent.proto\x12\x06vap.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13vap/v1/health.proto\x1a\x12vap/v1/nodes.proto\x1a\x13vap/v1/source.proto\"o\n\x0cStartChannel\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0bscenario_id\x18\x02 \x01(\t\x12\"\n\x06source\x18\x03 \x01(\x0b\x32\x12.vap.v1.SourceSpec\x12\x12\n\nsealed_url\x18\x04 \x01(\x0c\"R\n\x0bStopChannel\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12/\n\x0cgrace_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x13\n\x11ListAgentChannels\"\x80\x02\n\x0c\x41gentCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\rstart_channel\x18\n \x01(\x0b\x32\x14.vap.v1.StartChannelH\x00\x12+\n\x0cstop_channel\x18\x0b \x01(\x0b\x32\x13.vap.v1.StopChannelH\x00\x12\x32\n\rlist_channels\x18\x0c \x01(\x0b\x32\x19.vap.v1.ListAgentChannelsH\x00\x42\t\n\x07\x63ommand\"\xfb\x01\n\x0e\x43hannelProcess\x12\x12\n\nchannel_id\x18\x01 \x01(\t\x12\x13\n\x0bscenario_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x0c\n\x04ring\x18\x04 \x01(\t\x12\x12\n\nring_slots\x18\x05 \x01(\r\x12\x14\n\x0credacted_url\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x06health\x18\x08 \x01(\x0b\x32\x15.vap.v1.ChannelHealth\x12\x16\n\texit_code\x18\t \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_exit_code\"Q\n\x10\x41gentChannelList\x12(\n\x08\x63hannels\x18\x01 \x03(\x0b\x32\x16.vap.v1.ChannelProcess\x12\x13\n\x0bmax_workers\x18\x02 \x01(\r\"\xcc\x01\n\nAgentReply\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12$\n\x04\x63ode\x18\x03 \x01(\x0e\x32\x16.vap.v1.AgentReplyCode\x12\x0f\n\x07message\x18\x04 \x01(\t\x12)\n\x07\x63hannel\x18\n \x01(\x0b\x32\x16.vap.v1.ChannelProcessH\x00\x12,\n\x08\x63hannels\x18\x0b \x01(\x0b\x32\x18.vap.v1.AgentChannelListH\x00\x42\x08\n\x06result\"\x96\x02\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x13\n\x0bmax_workers\x18\x04 \x01(\r\x12(\n\x08\x63hannels\x18\x05 \x03(\x0b\x32\x16.vap.v1.ChannelProcess\x12/\n\x0breport_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x07 \x01(\t\x12&\n\x08\x63\x61pacity\x18\x08 \x01(\x0b\x32\x14.vap.v1.NodeCapacity\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x9a\x02\n\x0e\x41gentReplyCode\x12 \n\x1c\x41GENT_REPLY_CODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_REPLY_CODE_OK\x10\x01\x12 \n\x1c\x41GENT_REPLY_CODE_MAX_WORKERS\x10\x02\x12#\n\x1f\x41GENT_REPLY_CODE_ALREADY_EXISTS\x10\x03\x12\x1e\n\x1a\x41GENT_REPLY_CODE_NOT_FOUND\x10\x04\x12%\n!AGENT_REPLY_CODE_INVALID_ARGUMENT\x10\x05\x12 \n\x1c\x41GENT_REPLY_CODE_UNAVAILABLE\x10\x06\x12\x1d\n\x19\x41GENT_REPLY_CODE_INTERNAL\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vap.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGENTREPLYCODE']._serialized_start=1440
-  _globals['_AGENTREPLYCODE']._serialized_end=1722
+  _globals['_AGENTREPLYCODE']._serialized_start=1460
+  _globals['_AGENTREPLYCODE']._serialized_end=1742
   _globals['_STARTCHANNEL']._serialized_start=157
-  _globals['_STARTCHANNEL']._serialized_end=248
-  _globals['_STOPCHANNEL']._serialized_start=250
-  _globals['_STOPCHANNEL']._serialized_end=332
-  _globals['_LISTAGENTCHANNELS']._serialized_start=334
-  _globals['_LISTAGENTCHANNELS']._serialized_end=353
-  _globals['_AGENTCOMMAND']._serialized_start=356
-  _globals['_AGENTCOMMAND']._serialized_end=612
-  _globals['_CHANNELPROCESS']._serialized_start=615
-  _globals['_CHANNELPROCESS']._serialized_end=866
-  _globals['_AGENTCHANNELLIST']._serialized_start=868
-  _globals['_AGENTCHANNELLIST']._serialized_end=949
-  _globals['_AGENTREPLY']._serialized_start=952
-  _globals['_AGENTREPLY']._serialized_end=1156
-  _globals['_AGENTSTATUS']._serialized_start=1159
-  _globals['_AGENTSTATUS']._serialized_end=1437
+  _globals['_STARTCHANNEL']._serialized_end=268
+  _globals['_STOPCHANNEL']._serialized_start=270
+  _globals['_STOPCHANNEL']._serialized_end=352
+  _globals['_LISTAGENTCHANNELS']._serialized_start=354
+  _globals['_LISTAGENTCHANNELS']._serialized_end=373
+  _globals['_AGENTCOMMAND']._serialized_start=376
+  _globals['_AGENTCOMMAND']._serialized_end=632
+  _globals['_CHANNELPROCESS']._serialized_start=635
+  _globals['_CHANNELPROCESS']._serialized_end=886
+  _globals['_AGENTCHANNELLIST']._serialized_start=888
+  _globals['_AGENTCHANNELLIST']._serialized_end=969
+  _globals['_AGENTREPLY']._serialized_start=972
+  _globals['_AGENTREPLY']._serialized_end=1176
+  _globals['_AGENTSTATUS']._serialized_start=1179
+  _globals['_AGENTSTATUS']._serialized_end=1457
 # @@protoc_insertion_point(module_scope)

@@ -84,13 +84,21 @@ class StartChannel(_message.Message):
     CHANNEL_ID_FIELD_NUMBER: _builtins.int
     SCENARIO_ID_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    SEALED_URL_FIELD_NUMBER: _builtins.int
     channel_id: _builtins.str
     """Channel to start; becomes FrameRef.channel_id."""
     scenario_id: _builtins.str
     """Scenario the channel belongs to; becomes FrameRef.scenario_id."""
+    sealed_url: _builtins.bytes
+    """The source URL sealed with the deployment's camera key (a Fernet token, vap_common.camera_secrets):
+    credentials never travel or rest in the clear. The agent opens it with the same key just before it
+    starts the decoder process, and uses it in place of `source.url`.
+    """
     @_builtins.property
     def source(self) -> _source_pb2.SourceSpec:
-        """Full source spec, including credentials in the URL (the only bus message that carries them)."""
+        """Source spec. From the control service its `url` is empty and the URL is in `sealed_url`; a client that
+        talks to an agent directly may put a plain URL here instead.
+        """
 
     def __init__(
         self,
@@ -98,10 +106,11 @@ class StartChannel(_message.Message):
         channel_id: _builtins.str = ...,
         scenario_id: _builtins.str = ...,
         source: _source_pb2.SourceSpec | None = ...,
+        sealed_url: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "scenario_id", b"scenario_id", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_id", b"channel_id", "scenario_id", b"scenario_id", "sealed_url", b"sealed_url", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

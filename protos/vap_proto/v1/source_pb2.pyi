@@ -92,8 +92,10 @@ class SourceSpec(_message.Message):
     url: _builtins.str
     """Source location. One of: rtsp://, rtsps://, http://, https:// URL; file:// URL or a plain local path;
     a webcam index ("0", "1", ...) or a V4L2 device path ("/dev/video0"). May carry credentials
-    (rtsp://user:pass@host/path): they are used to connect but never echoed back; responses carry
-    `redacted_url` instead and logs/metrics never contain them.
+    (rtsp://user:pass@host/path, or ?password=... in the query): they are used to connect but never echoed
+    back; responses carry `redacted_url` instead and logs/metrics never contain them. Write-only: the
+    control service keeps it sealed (encrypted) and returns it empty; in UpdateScenario an empty url keeps
+    the stored camera and a url given is a new source (refused while the scenario runs).
     """
     redacted_url: _builtins.str
     """Output only: `url` with credentials replaced by "***" (e.g. rtsp://***@host/path)."""

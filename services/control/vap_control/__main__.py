@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from vap_common.camera_secrets import load_camera_keys
 from vap_common.embedded import service_endpoints
 from vap_common.entry import service_main
 from vap_common.logs import get_logger
@@ -46,6 +47,11 @@ async def run(settings: ControlSettings) -> None:
                 await service.stop()
 
 
+def _check(settings: ControlSettings) -> None:
+    # The camera keys (made on first start when none are given): a bad key is a settings error, one line.
+    load_camera_keys(settings.data_dir, create=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     return service_main(
         argv,
@@ -53,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         description="VAP control service",
         settings_type=ControlSettings,
         run=run,
+        check=_check,
     )
 
 

@@ -271,7 +271,7 @@ class ControlApi(control_pb2_grpc.ControlServiceServicer):
             channel = response.channels.add(
                 channel_id=row.channel_id,
                 scenario_id=str(row.id),
-                redacted_url=redact_url(row.source_url),
+                redacted_url=redact_url(row.redacted_url),
                 detection_fps=fps,
                 latency_p50_ms=p50,
                 latency_p99_ms=p99,

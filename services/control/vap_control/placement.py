@@ -65,9 +65,15 @@ async def enqueue_start(
     await repo.apply_change(conn, row, change)
     await repo.bump_revision(conn, row)
     await outbox_repo.enqueue_config(conn, scenario_config(row, settings, active=True))
-    source = row.spec_proto().source
-    source.url = row.source_url
-    start = agent_pb2.StartChannel(channel_id=row.channel_id, scenario_id=str(row.id), source=source)
+    if row.sealed_url is None:  # only a row from before migration 0004 that start-up has not sealed yet
+        raise RuntimeError(f"scenario {row.id}: source URL not sealed yet; restart the control service")
+    # The URL only sealed (source.url stays empty): the decoder agent opens it.
+    start = agent_pb2.StartChannel(
+        channel_id=row.channel_id,
+        scenario_id=str(row.id),
+        source=row.spec_proto().source,
+        sealed_url=row.sealed_url,
+    )
     await outbox_repo.enqueue_start(conn, row.id, start)
 
 

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from google.protobuf import field_mask_pb2
 
+from vap_common.camera_secrets import CameraKeys
 from vap_common.logs import get_logger
 from vap_common.redact import redact_url
 from vap_control import lifecycle, pagetokens, placement, status, validation
@@ -25,6 +26,7 @@ from vap_control.inference import InferenceClient
 from vap_control.repo import outbox as outbox_repo
 from vap_control.repo import scenarios as repo
 from vap_control.repo.scenarios import Conn, ScenarioRow
+from vap_control.sealing import seal_url
 from vap_control.settings import ControlSettings
 from vap_proto.v1 import control_pb2, scenario_pb2
 
@@ -52,10 +54,14 @@ DEFAULT_PAGE = 50
 
 
 class ScenarioOps:
-    def __init__(self, pool: Pool, settings: ControlSettings, inference: InferenceClient) -> None:
+    def __init__(
+        self, pool: Pool, settings: ControlSettings, inference: InferenceClient, keys: CameraKeys
+    ) -> None:
         self._pool = pool
         self._settings = settings
         self._inference = inference
+        # Seals source URLs as they arrive; control never opens a stored one (vap_control.sealing).
+        self._keys = keys
 
     # --- helpers --------------------------------------------------------------------------------------------
 
@@ -112,7 +118,7 @@ class ScenarioOps:
                 scenario_id=sid,
                 client_request_id=crid,
                 channel_id=str(sid),
-                source_url=s.source.url,
+                source=seal_url(self._keys, s.source.url),
                 spec=repo.settings_only(s),
                 status=lifecycle.INACTIVE,
             )
@@ -214,16 +220,15 @@ class ScenarioOps:
                 raise AbortedError(
                     f"scenario {scenario_id} is at revision {row.revision}, not {req.expected_revision}"
                 )
-            current = row.spec_proto()
-            current.source.url = row.source_url
+            current = row.spec_proto()  # its source.url is empty: the stored URL is sealed
             new = scenario_pb2.Scenario()
             new.CopyFrom(current)
             field_mask_pb2.FieldMask(paths=paths).MergeMessage(
                 given, new, replace_message_field=True, replace_repeated_field=True
             )
             new.source.redacted_url = ""
-            if not new.source.url:  # write-only: clients see an empty url and send it back empty
-                new.source.url = row.source_url
+            # Write-only: clients see an empty url and send it back empty, which keeps the stored one. A url
+            # given is a new one (control does not open the stored URL to compare).
             if row.status_value not in lifecycle.AT_REST:
                 _check_live_change(current, new, lifecycle.name(row.status_value))
             if new == current:
@@ -233,10 +238,9 @@ class ScenarioOps:
                 if new.pipeline.model != current.pipeline.model
                 else None
             )
-            validation.scenario(new, known_models=models)
-            await repo.update_settings(
-                conn, scenario_id, spec=repo.settings_only(new), source_url=new.source.url
-            )
+            validation.scenario(new, known_models=models, require_url=False)
+            source = seal_url(self._keys, new.source.url) if new.source.url else None
+            await repo.update_settings(conn, scenario_id, spec=repo.settings_only(new), source=source)
             row = await self._locked(conn, scenario_id)
             if row.status_value in lifecycle.RUNNING:
                 # Rule and threshold changes reach the running pipeline as a new ScenarioConfig revision.
@@ -266,10 +270,12 @@ def _mask_paths(mask: field_mask_pb2.FieldMask) -> list[str]:
 
 
 def _check_live_change(old: scenario_pb2.Scenario, new: scenario_pb2.Scenario, status: str) -> None:
-    """While running only names, labels, analytics and some pipeline fields may change."""
+    """While running only names, labels, analytics and some pipeline fields may change (a source url given
+    is a change: it is write-only, and the stored one is sealed)."""
     if old.source != new.source:
         raise FailedPreconditionError(
             f"scenario.source cannot change while the scenario is {status}; stop it first"
+            + (" (source.url is write-only: leave it empty to keep the camera)" if new.source.url else "")
         )
     for field in scenario_pb2.PipelineSettings.DESCRIPTOR.fields:
         if field.name in LIVE_PIPELINE_FIELDS:

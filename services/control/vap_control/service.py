@@ -7,8 +7,9 @@
         ...
         await service.stop()
 
-Start order: migrations, pool, NATS (in the background: the API works while NATS is down), then the workers
-(agent sync, fan-out, inbox, outbox relay, retention), then the servicer and reflection. Stop reverses it.
+Start order: camera keys, migrations, pool, sealing of stored camera URLs (``sealing``), NATS (in the
+background: the API works while NATS is down), then the workers (agent sync, fan-out, inbox, outbox relay,
+retention), then the servicer and reflection. Stop reverses it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
+from vap_common.camera_secrets import load_camera_keys
 from vap_common.embedded import redact_dsn
 from vap_common.grpc_auth import BearerTokenInterceptor, load_or_create_token
 from vap_common.logs import get_logger
@@ -35,6 +37,7 @@ from vap_control.inference import InferenceClient
 from vap_control.outbox import OutboxRelay
 from vap_control.retention import Retention
 from vap_control.scenario_ops import ScenarioOps
+from vap_control.sealing import seal_stored_urls
 from vap_control.settings import ControlSettings
 from vap_control.subscriptions import FanOut, LiveStats
 from vap_proto.v1 import control_pb2, control_pb2_grpc
@@ -132,9 +135,12 @@ class ControlService:
 
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
+        keys = load_camera_keys(s.data_dir, create=True)
         applied = await migrate(self.database_url)
         _log.info("database ready", database=redact_dsn(self.database_url), migrations_applied=applied)
         self._pool = await open_pool(self.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
+        # Before any worker or the API runs: no plaintext URL is left, none is sealed under an old key.
+        await seal_stored_urls(self.pool, keys)
         self.bus.start()
         self.relay = OutboxRelay(self.pool, self.bus, s, self.database_url)
         self.agents = AgentSync(self.pool, self.bus, s, on_agent_appeared=self.relay.wake)
@@ -143,7 +149,7 @@ class ControlService:
         self.retention = Retention(self.pool, s)
         for worker in (self.agents, self.fanout, self.inbox, self.relay, self.retention):
             await worker.start()
-        ops = ScenarioOps(self.pool, s, self.inference)
+        ops = ScenarioOps(self.pool, s, self.inference, keys)
         self.api = ControlApi(
             pool=self.pool,
             settings=s,

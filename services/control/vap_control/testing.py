@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -50,6 +50,16 @@ def fresh_database(admin_url: str, prefix: str = "vap_control_test") -> str:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return with_database(admin_url, name)
+
+
+@contextlib.contextmanager
+def temporary_database(admin_url: str) -> Iterator[str]:
+    """A fresh database (``fresh_database``) for the ``with`` block, dropped afterwards."""
+    url = fresh_database(admin_url)
+    try:
+        yield url
+    finally:
+        drop_database(admin_url, url)
 
 
 def drop_database(admin_url: str, url: str) -> None:

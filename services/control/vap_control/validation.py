@@ -79,8 +79,11 @@ def source_url(url: str, field: str = "scenario.source.url") -> None:
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError for a non-numeric or out-of-range port
-    except ValueError as exc:
-        raise _fail(field, f"malformed URL {redact_url(url)!r}: {exc}") from None
+    except ValueError:
+        # Not urllib's words: they quote the port, which can be part of a password (rtsp://u:pa/ss@host).
+        raise _fail(
+            field, f"malformed URL {redact_url(url)!r}: invalid port (not a number in 0-65535) or IPv6 host"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme == "file":
         if not parts.path:

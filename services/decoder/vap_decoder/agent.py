@@ -3,7 +3,9 @@
 - Commands: ``vap.v1.AgentCommand`` on ``subjects.agent_commands(agent_id)``, answered with an AgentReply on
   the request's reply subject (NATS request/reply) and always on ``subjects.agent_replies(agent_id)``.
   A command id is applied at most once: repeats get the first reply.
-- StartChannel spawns a supervised decoder process (``supervisor.py``), refusing beyond MAX_WORKERS;
+- StartChannel opens the sealed source URL with the camera keys (``vap_common.camera_secrets``; a plain
+  ``source.url`` is taken as it is) and spawns a supervised decoder process (``supervisor.py``), refusing
+  beyond MAX_WORKERS;
   StopChannel stops it and removes its ring; ListAgentChannels reports what runs.
 - ChannelHealth from the decoder processes is received to keep each channel's latest state for replies,
   the AgentStatus heartbeat (``subjects.agent_status``) and the Prometheus metrics.
@@ -27,8 +29,9 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 import vap_decoder
 from vap_common import subjects
+from vap_common.camera_secrets import CameraKeyError, CameraKeys, load_camera_keys
 from vap_common.logs import get_logger
-from vap_common.redact import redact_text
+from vap_common.redact import redact_text, remember_url_secrets
 from vap_common.tasks import cancel_and_wait
 from vap_decoder.errors import InvalidSourceError, SourceError
 from vap_decoder.health import FAILED
@@ -77,6 +80,9 @@ class DecoderAgent:
         self._status_task: asyncio.Task[None] | None = None
         self._closing = False
         self._registry = registry
+        # Camera keys, read at the first sealed URL (the control service may create the key file later) and
+        # again when none of them opens one.
+        self._keys: CameraKeys | None = None
         self._collector = DecoderMetricsCollector(
             self._metric_rows, lambda: self.active_workers, settings.max_workers
         )
@@ -208,10 +214,37 @@ class DecoderAgent:
         async with lock:
             return await fn(arg)
 
+    def _open_sealed(self, start: StartChannel) -> StartChannel:
+        """``start`` with its sealed URL opened into ``source.url`` (CameraKeyError when no key opens it). The
+        plaintext goes only to the decoder process (its stdin) and stays in this process's memory."""
+        if not start.sealed_url:
+            return start  # a plain URL from a client that talks to the agent directly
+        opened = StartChannel()
+        opened.CopyFrom(start)
+        try:
+            if self._keys is None:
+                raise CameraKeyError("no camera keys read yet")
+            opened.source.url = self._keys.open(start.sealed_url)
+        except CameraKeyError:
+            # Read the keys again: a key file may have got the new key of a rotation since.
+            self._keys = load_camera_keys(self.settings.data_dir, create=False)
+            opened.source.url = self._keys.open(start.sealed_url)
+        opened.ClearField("sealed_url")
+        return opened
+
     async def _start(self, start: StartChannel) -> AgentReply:
         channel_id = start.channel_id
         if self._closing:
             return AgentReply(code=UNAVAILABLE, message=f"agent {self.agent_id} is shutting down")
+        try:
+            start = self._open_sealed(start)
+        except CameraKeyError as exc:
+            reason = f"cannot open the camera URL: {exc}"
+            await self._publish_failed(start, reason)
+            self._log.warning("start refused", channel=channel_id, reason=reason)
+            return AgentReply(code=INVALID_ARGUMENT, message=reason)
+        # From now on this process's logs, replies and health reasons hide this URL's secrets in any shape.
+        remember_url_secrets(start.source.url)
         try:
             plan_source(start.source, self.settings)
         except InvalidSourceError as exc:

@@ -2,7 +2,8 @@
 
 Launch contract (agent -> process):
 
-- stdin: the serialized ``vap.v1.StartChannel`` (then EOF). The source URL carries camera credentials, and
+- stdin: the serialized ``vap.v1.StartChannel`` (then EOF), its URL opened by the agent (``source.url``;
+  never ``sealed_url``, and no camera key in the environment). The source URL carries camera credentials, and
   ``/proc/<pid>/cmdline`` is world-readable while ``/proc/<pid>/environ`` and pipes are not: nothing
   secret ever goes on the command line.
 - environment: the agent's resolved settings as ``VAP_DECODER_*`` variables and ``NATS_URL``
@@ -32,7 +33,9 @@ from types import FrameType
 
 import av.logging
 
+from vap_common.camera_secrets import KEY_FILE_ENV, KEYS_ENV
 from vap_common.logs import configure_logging, get_logger
+from vap_common.redact import remember_url_secrets
 from vap_decoder.channel import ChannelResult, ChannelRunner
 from vap_decoder.health import FAILED, state_name
 from vap_decoder.settings import DecoderSettings
@@ -68,6 +71,9 @@ def child_environment(settings: DecoderSettings, base: Mapping[str, str] | None 
     """Environment for a decoder process: ``base`` (default: ours) plus the agent's resolved settings."""
     env = dict(os.environ if base is None else base)
     env.pop("VAP_CONFIG", None)  # the values below are already resolved from it
+    # The agent opens sealed camera URLs; its decoder processes get the plain URL and no key.
+    env.pop(KEYS_ENV, None)
+    env.pop(KEY_FILE_ENV, None)
     for name, value in settings.model_dump(exclude={"nats_url", "database_url"}, mode="json").items():
         # Lists and mappings as JSON, the form the settings parser reads them back in.
         text = json.dumps(value) if isinstance(value, list | dict) else str(value)
@@ -121,6 +127,8 @@ def run_channel(argv: list[str] | None = None) -> int:
     if not start.channel_id:
         _log.error("no StartChannel on stdin")
         return EXIT_USAGE
+    # Whatever shape the URL has and whatever FFmpeg quotes of it, its secrets never reach a log or a reason.
+    remember_url_secrets(start.source.url)
     log = _log.bind(channel=start.channel_id)
 
     publisher = FramePublisher()

@@ -74,6 +74,10 @@ def _seconds(duration: Any, default: float) -> float:
     return value if value > 0 else default
 
 
+# urllib's own words would quote the port, which can be part of a password ("rtsp://user:pa/ss@host").
+_BAD_NETLOC = "invalid port (not a number in 0-65535) or IPv6 host"
+
+
 def plan_source(spec: SourceSpec, settings: DecoderSettings) -> SourcePlan:
     """Check ``spec`` and work out how to open it; InvalidSourceError when it can never work."""
     raw = spec.url.strip()
@@ -99,8 +103,8 @@ def plan_source(spec: SourceSpec, settings: DecoderSettings) -> SourcePlan:
         return _file_plan(Path(raw), spec, settings, common)
     try:
         parts = urlsplit(raw)
-    except ValueError as exc:
-        raise InvalidSourceError(f"malformed source url {redacted}: {redact_text(str(exc))}") from exc
+    except ValueError:
+        raise InvalidSourceError(f"malformed source url {redacted}: {_BAD_NETLOC}") from None
     scheme = parts.scheme.lower()
     kind = _SCHEMES.get(scheme)
     if kind is None:
@@ -110,12 +114,12 @@ def plan_source(spec: SourceSpec, settings: DecoderSettings) -> SourcePlan:
         )
     if kind is SourceKind.FILE:
         if parts.netloc not in ("", "localhost"):
-            raise InvalidSourceError(f"file url must name a local file, got host {parts.netloc!r}")
+            raise InvalidSourceError(f"file url must name a local file, not one on a host: {redacted}")
         return _file_plan(Path(unquote(parts.path)), spec, settings, common)
     try:
         host, port = parts.hostname, parts.port
-    except ValueError as exc:  # e.g. a non-numeric port
-        raise InvalidSourceError(f"malformed source url {redacted}: {redact_text(str(exc))}") from exc
+    except ValueError:  # e.g. a non-numeric port
+        raise InvalidSourceError(f"malformed source url {redacted}: {_BAD_NETLOC}") from None
     if not host:
         raise InvalidSourceError(f"source url {redacted} has no host")
     del port  # validated above (parts.port raises for a bad one); FFmpeg uses the URL as is

@@ -26,12 +26,24 @@ Conn = AsyncConnection[TupleRow]
 Status: TypeAlias = scenario_pb2.ScenarioStatus.ValueType
 
 
+@dataclass(frozen=True, slots=True)
+class SealedUrl:
+    """A source URL as it is stored: redacted for display, sealed for the decoder (never the plaintext)."""
+
+    redacted: str
+    sealed: bytes
+
+
 @dataclass(slots=True)
 class ScenarioRow:
     id: uuid.UUID
     client_request_id: str | None
     channel_id: str
-    source_url: str
+    # The source URL with its credentials replaced by *** (what the API shows), and the URL itself sealed
+    # with the camera key (vap_common.camera_secrets); None only for a row written before migration 0004
+    # that start-up has not sealed yet.
+    redacted_url: str
+    sealed_url: bytes | None
     spec: bytes
     status: int
     status_reason: str
@@ -54,8 +66,9 @@ class ScenarioRow:
 
 
 _COLUMNS = (
-    "s.id, s.client_request_id, s.channel_id, s.source_url, s.spec, s.status, s.status_reason, s.revision,"
-    " s.health, s.create_time, s.update_time, w.agent_id, w.node_id, w.pid, w.ring, w.assign_time"
+    "s.id, s.client_request_id, s.channel_id, s.redacted_url, s.sealed_url, s.spec, s.status,"
+    " s.status_reason, s.revision, s.health, s.create_time, s.update_time,"
+    " w.agent_id, w.node_id, w.pid, w.ring, w.assign_time"
 )
 _FROM = "scenarios s LEFT JOIN workers w ON w.scenario_id = s.id"
 
@@ -80,7 +93,7 @@ def to_proto(row: ScenarioRow) -> scenario_pb2.Scenario:
     out.client_request_id = row.client_request_id or ""
     out.channel_id = row.channel_id
     out.source.url = ""
-    out.source.redacted_url = redact_url(row.source_url)
+    out.source.redacted_url = redact_url(row.redacted_url)
     out.status = row.status_value
     out.status_reason = redact_text(row.status_reason)
     out.revision = row.revision
@@ -225,26 +238,41 @@ async def insert(
     scenario_id: uuid.UUID,
     client_request_id: str | None,
     channel_id: str,
-    source_url: str,
+    source: SealedUrl,
     spec: scenario_pb2.Scenario,
     status: Status,
 ) -> bool:
     """Insert a new scenario; False when ``client_request_id`` is already taken (the caller re-reads it)."""
     cur = await conn.execute(
-        "INSERT INTO scenarios (id, client_request_id, channel_id, source_url, spec, status)"
-        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (client_request_id) DO NOTHING RETURNING id",
-        (scenario_id, client_request_id, channel_id, source_url, spec.SerializeToString(), int(status)),
+        "INSERT INTO scenarios (id, client_request_id, channel_id, redacted_url, sealed_url, spec, status)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (client_request_id) DO NOTHING RETURNING id",
+        (
+            scenario_id,
+            client_request_id,
+            channel_id,
+            source.redacted,
+            source.sealed,
+            spec.SerializeToString(),
+            int(status),
+        ),
     )
     return await cur.fetchone() is not None
 
 
 async def update_settings(
-    conn: Conn, scenario_id: uuid.UUID, *, spec: scenario_pb2.Scenario, source_url: str
+    conn: Conn, scenario_id: uuid.UUID, *, spec: scenario_pb2.Scenario, source: SealedUrl | None
 ) -> None:
+    """New settings; ``source`` None keeps the stored URL."""
+    if source is None:
+        await conn.execute(
+            "UPDATE scenarios SET spec = %s, revision = revision + 1, update_time = now() WHERE id = %s",
+            (spec.SerializeToString(), scenario_id),
+        )
+        return
     await conn.execute(
-        "UPDATE scenarios SET spec = %s, source_url = %s, revision = revision + 1, update_time = now()"
-        " WHERE id = %s",
-        (spec.SerializeToString(), source_url, scenario_id),
+        "UPDATE scenarios SET spec = %s, redacted_url = %s, sealed_url = %s, revision = revision + 1,"
+        " update_time = now() WHERE id = %s",
+        (spec.SerializeToString(), source.redacted, source.sealed, scenario_id),
     )
 
 
