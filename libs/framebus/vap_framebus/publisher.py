@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from vap_common.backoff import Backoff
+from vap_common.nats_auth import NatsAuth
 from vap_framebus.errors import (
     AuthorizationError,
     FrameBusConnectionError,
@@ -38,6 +39,7 @@ from vap_framebus.protocol import (
     PING,
     PONG,
     Parser,
+    ServerErrorLog,
     connect_command,
     is_auth_error,
     pub_prefix,
@@ -103,7 +105,8 @@ class _Handshake:
     def check(self, server: ServerAddress) -> None:
         """Raise if the server sent -ERR."""
         if self.error and is_auth_error(self.error):
-            raise AuthorizationError(f"{server}: server refused the credentials: {self.error}")
+            who = server.describe_credentials()
+            raise AuthorizationError(f"{server}: the server refused the credentials ({who}): {self.error}")
         if self.error:
             raise FrameBusConnectionError(f"{server}: server error during connect: {self.error}")
 
@@ -183,6 +186,7 @@ class FramePublisher:
         self._waiters: deque[_Waiter | None] = deque()  # one per PING sent; None for keep-alive pings
         self._outstanding_pings = 0
         self._prefixes: dict[str, bytes] = {}
+        self._errors = ServerErrorLog(_log, "publisher")
 
     # --- public API -----------------------------------------------------------------------------------
 
@@ -194,12 +198,14 @@ class FramePublisher:
     def max_payload(self) -> int:
         return self._max_payload
 
-    def connect(self, url: str, name: str = "vap-framebus") -> None:
-        """Connect to the first reachable server of ``url`` (comma-separated list) or raise
-        FrameBusConnectionError (AuthorizationError for refused credentials); start the reader thread."""
+    def connect(self, url: str, name: str = "vap-framebus", *, auth: NatsAuth | None = None) -> None:
+        """Connect to the first reachable server of ``url`` (comma-separated list) as ``auth`` (default: the
+        URL's user info) or raise FrameBusConnectionError (AuthorizationError for refused credentials); start
+        the reader thread."""
         if self._thread is not None:
             raise FrameBusError("FramePublisher.connect() called twice")
-        self._servers = parse_servers(url)
+        auth = auth or NatsAuth()
+        self._servers = parse_servers(url, user=auth.user, password=auth.password)
         self.name = name
         sock, parser = self._connect_any(raise_errors=True)
         assert sock is not None and parser is not None
@@ -434,7 +440,4 @@ class FramePublisher:
 
     def on_err(self, message: str) -> None:
         self.last_error = message
-        if is_auth_error(message):
-            _log.error("framebus publisher %s: server refused the credentials: %s", self.name, message)
-        else:
-            _log.error("framebus publisher %s: server error: %s", self.name, message)
+        self._errors(self.name, message)

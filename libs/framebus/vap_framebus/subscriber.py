@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from vap_common.backoff import Backoff
+from vap_common.nats_auth import NatsAuth
 from vap_framebus.errors import (
     AuthorizationError,
     FrameBusConnectionError,
@@ -43,6 +44,7 @@ from vap_framebus.protocol import (
     PING,
     PONG,
     Parser,
+    ServerErrorLog,
     connect_command,
     is_auth_error,
     pub_prefix,
@@ -195,6 +197,7 @@ class AsyncFrameSubscriber:
         self._last_rx = -1
         self._prefixes: dict[str, bytes] = {}
         self._connected = asyncio.Event()
+        self._errors = ServerErrorLog(_log, "subscriber")
 
     # --- public API -----------------------------------------------------------------------------------
 
@@ -206,12 +209,13 @@ class AsyncFrameSubscriber:
     def max_payload(self) -> int:
         return self._max_payload
 
-    async def connect(self, url: str, name: str = "vap-framebus") -> None:
-        """Connect to the first reachable server of ``url`` (comma-separated list) or raise
-        FrameBusConnectionError (AuthorizationError for refused credentials)."""
+    async def connect(self, url: str, name: str = "vap-framebus", *, auth: NatsAuth | None = None) -> None:
+        """Connect to the first reachable server of ``url`` (comma-separated list) as ``auth`` (default: the
+        URL's user info) or raise FrameBusConnectionError (AuthorizationError for refused credentials)."""
         if self._servers:
             raise FrameBusError("AsyncFrameSubscriber.connect() called twice")
-        self._servers = parse_servers(url)
+        auth = auth or NatsAuth()
+        self._servers = parse_servers(url, user=auth.user, password=auth.password)
         self.name = name
         await self._connect_any(raise_errors=True)
         self._schedule_ping()
@@ -317,10 +321,7 @@ class AsyncFrameSubscriber:
 
     def _server_error(self, message: str) -> None:
         self.last_error = message
-        if is_auth_error(message):
-            _log.error("framebus subscriber %s: server refused the credentials: %s", self.name, message)
-        else:
-            _log.error("framebus subscriber %s: server error: %s", self.name, message)
+        self._errors(self.name, message)
 
     # --- connecting ------------------------------------------------------------------------------------
 
@@ -351,7 +352,8 @@ class AsyncFrameSubscriber:
                     conn.transport.abort()
                 if conn.error and is_auth_error(conn.error):
                     raise AuthorizationError(
-                        f"{server}: server refused the credentials: {conn.error}"
+                        f"{server}: the server refused the credentials ({server.describe_credentials()}): "
+                        f"{conn.error}"
                     ) from exc
                 if conn.error and not isinstance(exc, asyncio.CancelledError):
                     raise FrameBusConnectionError(

@@ -7,7 +7,7 @@ clear text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import unquote, urlsplit
 
 from vap_framebus.errors import UnsupportedURLError
@@ -28,12 +28,20 @@ class ServerAddress:
     def __str__(self) -> str:  # never shows credentials
         return f"nats://{self.host}:{self.port}"
 
+    def describe_credentials(self) -> str:
+        if self.user:
+            return f"user {self.user!r}"
+        return "the token of the URL" if self.token else "no credentials"
 
-def parse_servers(urls: str) -> list[ServerAddress]:
-    """Parse one URL or several comma-separated ones, in the order given (they are tried in that order)."""
+
+def parse_servers(urls: str, *, user: str = "", password: str = "") -> list[ServerAddress]:
+    """Parse one URL or several comma-separated ones, in the order given (they are tried in that order).
+    A ``user`` replaces the credentials of every URL (the user info of a URL is used only without one)."""
     servers = [parse_server(part.strip()) for part in urls.split(",") if part.strip()]
     if not servers:
         raise UnsupportedURLError("no NATS server URL given")
+    if user:
+        servers = [replace(s, user=user, password=password, token="") for s in servers]
     return servers
 
 
