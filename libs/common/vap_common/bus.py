@@ -25,6 +25,7 @@ from vap_common.nats_auth import (
     NatsAuthError,
     is_authorization_violation,
     is_permissions_violation,
+    refusal_message,
 )
 from vap_common.scenario_configs import fetch_latest_scenario_configs
 
@@ -37,15 +38,7 @@ ErrorCallback = Callable[[Exception], Awaitable[None]]
 
 def refused_credentials(options: ClientOptions, error: BaseException | str) -> NatsAuthError:
     """The error of a server that refused ``options``' credentials: says who, and where they come from."""
-    who = f"user {options.user!r}" if options.user else "an anonymous connection"
-    if options.token:
-        who = "the token of NATS_URL"
-    hint = (
-        "check VAP_NATS_USER and VAP_NATS_PASSWORD (or VAP_NATS_PASSWORD_FILE, or the user info of NATS_URL)"
-        if options.user or options.token
-        else "the server requires credentials: set VAP_NATS_USER and VAP_NATS_PASSWORD"
-    )
-    return NatsAuthError(f"NATS refused {who} ({str(error).removeprefix('nats: ')}); {hint}")
+    return NatsAuthError(refusal_message(options.user, error, token=bool(options.token)))
 
 
 async def connect_nats(
@@ -54,15 +47,16 @@ async def connect_nats(
     name: str,
     auth: NatsAuth | None = None,
     connect_timeout: float = 5.0,
+    reconnect: bool = True,
     reconnect_time_wait: float = 0.5,
     disconnected_cb: Callback | None = None,
     reconnected_cb: Callback | None = None,
     error_cb: ErrorCallback | None = None,
 ) -> NatsClient:
-    """A connection named ``name`` that reconnects forever, authenticated by ``auth`` (default: the URL's
-    user info). Raises NatsAuthError when the server refuses the credentials on the first connect, else what
-    nats-py raises when it fails (callers that must start without NATS retry it, e.g. the control service's
-    connection)."""
+    """A connection named ``name`` that reconnects forever (``reconnect=False``: never), authenticated by
+    ``auth`` (default: the URL's user info). Raises NatsAuthError when the server refuses the credentials
+    on the first connect, else what nats-py raises when it fails (callers that must start without NATS
+    retry it, e.g. the control service's connection)."""
     options = (auth or NatsAuth()).resolve(url)
     client = NatsClient()
     connected = False
@@ -105,8 +99,8 @@ async def connect_nats(
     kwargs: dict[str, Any] = options.nats_py() | {
         "name": name,
         "connect_timeout": connect_timeout,
-        "allow_reconnect": True,
-        "max_reconnect_attempts": -1,
+        "allow_reconnect": reconnect,
+        "max_reconnect_attempts": -1 if reconnect else 0,
         "reconnect_time_wait": reconnect_time_wait,
         "disconnected_cb": on_disconnected,
         "reconnected_cb": on_reconnected,

@@ -387,8 +387,9 @@ class EmbeddedNatsCluster:
         return ",".join(self.urls)
 
     @property
-    def address(self) -> str:
-        return ",".join(server.address or "" for server in self.servers)
+    def addresses(self) -> list[str]:
+        """The client URLs without credentials (combine with ``auth(role)``)."""
+        return [server.address or "" for server in self.servers]
 
     def auth(self, role: Role) -> NatsAuth:
         """How a process of ``role`` connects to the cluster (after ``start``)."""

@@ -58,6 +58,7 @@ __all__ = [
     "is_permissions_violation",
     "load_credentials_file",
     "password_env",
+    "refusal_message",
     "role_permissions",
     "strip_credentials",
     "user_name",
@@ -452,6 +453,18 @@ def _split_userinfo(server: str) -> tuple[str, str, str | None]:
 def strip_credentials(url: str) -> str:
     """``url`` (one server or a comma-separated list) without any user info."""
     return ",".join(_split_userinfo(server)[0] for server in nats_servers(url))
+
+
+def refusal_message(user: str, error: BaseException | str, *, token: bool = False, where: str = "") -> str:
+    """What to say when the server refused a connection's credentials: who, and where they come from."""
+    who = "the token of NATS_URL" if token else f"user {user!r}" if user else "an anonymous connection"
+    hint = (
+        "check VAP_NATS_USER and VAP_NATS_PASSWORD (or VAP_NATS_PASSWORD_FILE, or the user info of NATS_URL)"
+        if user or token
+        else "the server requires credentials: set VAP_NATS_USER and VAP_NATS_PASSWORD"
+    )
+    at = f" at {where}" if where else ""
+    return f"NATS refused {who}{at} ({str(error).removeprefix('nats: ').strip(chr(39))}); {hint}"
 
 
 def is_authorization_violation(error: BaseException | str) -> bool:

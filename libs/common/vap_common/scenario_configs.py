@@ -15,12 +15,12 @@ the replay) and ``ConfigRevisions`` (the newest revision of each scenario wins).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import nats
 from google.protobuf.message import DecodeError
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -83,15 +83,16 @@ async def fetch_latest_scenario_configs_from(
 ) -> list[tuple[str, bytes]]:
     """The same through a short-lived connection to ``url`` as ``auth`` (for services whose bus is not
     nats-py)."""
-    options = (auth or NatsAuth()).resolve(url)
+    from vap_common.bus import connect_nats  # vap_common.bus builds on this module
+
     try:
-        nc = await nats.connect(
-            **options.nats_py(),
-            name="vap-scenario-configs",
-            connect_timeout=timeout,
-            max_reconnect_attempts=0,
+        nc = await asyncio.wait_for(
+            connect_nats(
+                url, name="vap-scenario-configs", auth=auth, connect_timeout=timeout, reconnect=False
+            ),
+            timeout,
         )
-    except (NatsError, OSError, TimeoutError) as exc:
+    except (NatsError, OSError, TimeoutError) as exc:  # NatsAuthError is an OSError
         _log.warning("cannot connect to read stored scenario configs", error=str(exc))
         return []
     try:

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from vap_common.backoff import Backoff
-from vap_common.nats_auth import NatsAuth
+from vap_common.nats_auth import NatsAuth, refusal_message
 from vap_framebus.errors import (
     AuthorizationError,
     FrameBusConnectionError,
@@ -105,8 +105,9 @@ class _Handshake:
     def check(self, server: ServerAddress) -> None:
         """Raise if the server sent -ERR."""
         if self.error and is_auth_error(self.error):
-            who = server.describe_credentials()
-            raise AuthorizationError(f"{server}: the server refused the credentials ({who}): {self.error}")
+            raise AuthorizationError(
+                refusal_message(server.user, self.error, token=bool(server.token), where=str(server))
+            )
         if self.error:
             raise FrameBusConnectionError(f"{server}: server error during connect: {self.error}")
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from vap_common.backoff import Backoff
-from vap_common.nats_auth import NatsAuth
+from vap_common.nats_auth import NatsAuth, refusal_message
 from vap_framebus.errors import (
     AuthorizationError,
     FrameBusConnectionError,
@@ -352,8 +352,7 @@ class AsyncFrameSubscriber:
                     conn.transport.abort()
                 if conn.error and is_auth_error(conn.error):
                     raise AuthorizationError(
-                        f"{server}: the server refused the credentials ({server.describe_credentials()}): "
-                        f"{conn.error}"
+                        refusal_message(server.user, conn.error, token=bool(server.token), where=str(server))
                     ) from exc
                 if conn.error and not isinstance(exc, asyncio.CancelledError):
                     raise FrameBusConnectionError(

@@ -28,11 +28,6 @@ class ServerAddress:
     def __str__(self) -> str:  # never shows credentials
         return f"nats://{self.host}:{self.port}"
 
-    def describe_credentials(self) -> str:
-        if self.user:
-            return f"user {self.user!r}"
-        return "the token of the URL" if self.token else "no credentials"
-
 
 def parse_servers(urls: str, *, user: str = "", password: str = "") -> list[ServerAddress]:
     """Parse one URL or several comma-separated ones, in the order given (they are tried in that order).
