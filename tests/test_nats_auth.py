@@ -26,11 +26,12 @@ from nats.aio.client import Client as NatsClient
 from vap_common import subjects
 from vap_common.bus import connect_nats
 from vap_common.embedded import Endpoints
-from vap_common.embedded_nats import EmbeddedNats
+from vap_common.embedded_nats import EmbeddedNats, ServerTls
 from vap_common.nats_auth import (
     NatsAuth,
     NatsAuthError,
     NatsCredentials,
+    NatsTls,
     Role,
     authorization_config,
     load_credentials_file,
@@ -40,7 +41,7 @@ from vap_common.nats_auth import (
 from vap_common.ports import free_tcp_port
 from vap_common.scenario_configs import fetch_latest_scenario_configs
 from vap_common.settings import ServiceSettings, SettingsError
-from vap_framebus import AsyncFrameSubscriber, AuthorizationError, FramePublisher
+from vap_framebus import AsyncFrameSubscriber, AuthorizationError, FrameBusConnectionError, FramePublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -387,6 +388,13 @@ def test_credentials_from_settings_files_and_urls(tmp_path: Path, monkeypatch: p
     settings = ServiceSettings.load()
     assert settings.nats_auth() == NatsAuth("vap-tracker", "s3cret")
     assert "s3cret" not in repr(settings) and "s3cret" not in repr(settings.nats_auth())
+    monkeypatch.setenv("VAP_NATS_TLS_CA", str(secret))
+    assert ServiceSettings.load().nats_auth().tls == NatsTls(ca_file=secret)
+    monkeypatch.setenv("VAP_NATS_TLS_CERT", str(secret))
+    with pytest.raises(SettingsError, match="nats_tls_cert and nats_tls_key"):
+        ServiceSettings.load()
+    monkeypatch.delenv("VAP_NATS_TLS_CERT")
+    monkeypatch.delenv("VAP_NATS_TLS_CA")
     monkeypatch.setenv("VAP_NATS_PASSWORD", "other")
     with pytest.raises(SettingsError, match="not both"):
         ServiceSettings.load()
@@ -426,3 +434,118 @@ def test_decoder_processes_get_their_own_credentials_not_the_agents() -> None:
     # Without a channel user the processes connect as their agent.
     env = child_environment(settings.model_copy(update={"channel_nats_user": ""}), base={})
     assert env["VAP_NATS_USER"] == "vap-decoder-agent"
+
+
+# --- TLS ---------------------------------------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A private CA, a certificate for 127.0.0.1 signed by it, and a client certificate (openssl CLI)."""
+    d = tmp_path_factory.mktemp("tls")
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl(
+        "req",
+        "-x509",
+        *key,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=vap-ca",
+        cwd=d,
+    )
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        (d / f"{name}.ext").write_text(ext + "\n")
+        _openssl(
+            "req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=vap-{name}", cwd=d
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
+    return {name: d / name for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+@pytest.fixture(scope="module")
+def tls_server(
+    tmp_path_factory: pytest.TempPathFactory, tls_files: dict[str, Path]
+) -> Iterator[EmbeddedNats]:
+    """A server that requires TLS and a client certificate signed by the CA (mutual TLS)."""
+    tls = ServerTls(tls_files["server.pem"], tls_files["server.key"], ca_file=tls_files["ca.pem"])
+    with EmbeddedNats(tmp_path_factory.mktemp("nats-tls"), tls=tls) as srv:
+        srv.start()
+        yield srv
+
+
+async def test_tls_for_nats_py_and_framebus(tls_server: EmbeddedNats, tls_files: dict[str, Path]) -> None:
+    """With VAP_NATS_TLS_CA / _CERT / _KEY (NatsTls) every kind of VAP connection works over TLS: nats-py,
+    the framebus publisher (decoders) and subscriber (inference, web); without TLS or without a client
+    certificate the server refuses."""
+    assert tls_server.address is not None
+    tls = NatsTls(tls_files["ca.pem"], tls_files["client.pem"], tls_files["client.key"])
+    address = tls_server.address
+    control = await connect_nats(address, name="tls-control", auth=tls_server.auth(Role.CONTROL, tls))
+    sub = AsyncFrameSubscriber()
+    pub = FramePublisher()
+    try:
+        got: list[bytes] = []
+        await sub.connect(address, "tls-inference", auth=tls_server.auth(Role.INFERENCE, tls))
+        await sub.subscribe(subjects.all_frames(), lambda _s, payload: got.append(payload))
+        pub.connect(address, "tls-decoder", auth=tls_server.auth(Role.DECODER_CHANNEL, tls))
+        for i in range(20):
+            assert pub.publish(subjects.frames("cam-tls"), b"frame %d" % i)
+        assert await asyncio.to_thread(pub.flush, 2.0)  # a PONG read back through TLS
+        for _ in range(50):
+            if len(got) == 20:
+                break
+            await asyncio.sleep(0.05)
+        assert got == [b"frame %d" % i for i in range(20)]
+        # Idle: the reader thread's keep-alive PINGs and their PONGs cross TLS too.
+        idle = FramePublisher(ping_interval=0.2)
+        idle.connect(address, "tls-idle", auth=tls_server.auth(Role.DECODER_CHANNEL, tls))
+        await asyncio.sleep(1.2)
+        assert idle.connected and idle.reconnects == 0, idle.last_error
+        idle.close()
+        configs: list[bytes] = []
+        await sub.subscribe(subjects.all_scenario_configs(), lambda _s, payload: configs.append(payload))
+        await control.publish(subjects.scenario_config("s"), b"config")
+        await control.flush()
+        await asyncio.sleep(0.2)
+        assert configs == [b"config"]
+    finally:
+        pub.close()
+        await sub.close()
+        await control.close()
+    plain = FramePublisher()
+    with pytest.raises(FrameBusConnectionError):  # the system CAs do not know ours
+        plain.connect(address, "tls-plain", auth=tls_server.auth(Role.DECODER_CHANNEL))
+    without_cert = NatsAuth.of(tls_server.credentials[Role.TRACKER], NatsTls(tls_files["ca.pem"]))
+    with pytest.raises((OSError, nats.errors.Error)):
+        await asyncio.wait_for(
+            connect_nats(address, name="tls-no-cert", auth=without_cert, reconnect=False), 10
+        )

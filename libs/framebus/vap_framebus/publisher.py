@@ -9,16 +9,23 @@ What it does: ``publish()`` writes ``PUB <subject> <n>\\r\\n<payload>\\r\\n`` wi
 socket: it answers the server's PINGs, pings an idle server itself to detect dead connections, logs -ERR,
 and on EOF or error reconnects with exponential backoff and jitter, trying the URLs in order.
 
+TLS (a ``tls`` context, a tls:// URL or a server that requires it): the socket is upgraded after the
+server's INFO, as NATS does. OpenSSL must never read and write one connection at once, so with TLS the
+reader thread waits for data with ``select`` and reads under the writers' lock (it reads only PONGs and
+PINGs: rare); each publish is one ``sendall`` of header and payload joined (no ``sendmsg`` on TLS).
+
 What it deliberately does not do: queue anything while disconnected (live video: a frame that cannot be
 sent now is dropped and counted, ``publish()`` returns False at once), block a writer for long (a send
-that stalls for ``write_timeout`` drops the connection), subscribe, request/reply, headers, JetStream, TLS.
+that stalls for ``write_timeout`` drops the connection), subscribe, request/reply, headers, JetStream.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
+import ssl
 import struct
 import threading
 from collections import deque
@@ -113,10 +120,16 @@ class _Handshake:
 
 
 def open_connection(
-    server: ServerAddress, *, name: str, timeout: float, recv_size: int = _RECV_SIZE
+    server: ServerAddress,
+    *,
+    name: str,
+    timeout: float,
+    recv_size: int = _RECV_SIZE,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[socket.socket, Parser, dict[str, Any]]:
-    """TCP connect, INFO, CONNECT, PING, PONG. Returns the socket (blocking, no timeout), the parser
-    holding any bytes read past the PONG, and the server's INFO."""
+    """TCP connect, INFO, (TLS handshake when ``tls`` is given, the URL says tls:// or the server requires
+    it), CONNECT, PING, PONG. Returns the socket (blocking, no timeout; an ``ssl.SSLSocket`` with TLS), the
+    parser holding any bytes read past the PONG, and the server's INFO."""
     sock = socket.create_connection((server.host, server.port), timeout=timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -127,6 +140,11 @@ def open_connection(
         while not hs.pong:
             hs.check(server)
             if hs.info is not None and not sent_connect:
+                if tls is not None or server.tls or hs.info.get("tls_required"):
+                    sock = (tls or ssl.create_default_context()).wrap_socket(
+                        sock, server_hostname=server.host
+                    )
+                    hs.sock = sock
                 command = connect_command(
                     name=name,
                     version=__version__,
@@ -188,6 +206,7 @@ class FramePublisher:
         self._outstanding_pings = 0
         self._prefixes: dict[str, bytes] = {}
         self._errors = ServerErrorLog(_log, "publisher")
+        self._tls: ssl.SSLContext | None = None
 
     # --- public API -----------------------------------------------------------------------------------
 
@@ -201,12 +220,13 @@ class FramePublisher:
 
     def connect(self, url: str, name: str = "vap-framebus", *, auth: NatsAuth | None = None) -> None:
         """Connect to the first reachable server of ``url`` (comma-separated list) as ``auth`` (default: the
-        URL's user info) or raise FrameBusConnectionError (AuthorizationError for refused credentials); start
-        the reader thread."""
+        URL's user info; its ``tls``: TLS with that CA and client certificate) or raise
+        FrameBusConnectionError (AuthorizationError for refused credentials); start the reader thread."""
         if self._thread is not None:
             raise FrameBusError("FramePublisher.connect() called twice")
         auth = auth or NatsAuth()
         self._servers = parse_servers(url, user=auth.user, password=auth.password)
+        self._tls = auth.tls.context() if auth.tls is not None else None
         self.name = name
         sock, parser = self._connect_any(raise_errors=True)
         assert sock is not None and parser is not None
@@ -233,7 +253,7 @@ class FramePublisher:
                 self.dropped += 1
                 return False
             try:
-                if size <= _CONCAT_LIMIT:
+                if size <= _CONCAT_LIMIT or isinstance(sock, ssl.SSLSocket):
                     sock.sendall(b"".join((prefix, b"%d\r\n" % size, payload, CRLF)))
                 else:
                     self._sendmsg_all(sock, [prefix + b"%d\r\n" % size, payload, CRLF])
@@ -333,7 +353,9 @@ class FramePublisher:
         auth: AuthorizationError | None = None
         for server in self._servers:
             try:
-                sock, parser, info = open_connection(server, name=self.name, timeout=self.connect_timeout)
+                sock, parser, info = open_connection(
+                    server, name=self.name, timeout=self.connect_timeout, tls=self._tls
+                )
             except AuthorizationError as exc:
                 auth = auth or exc
                 errors.append(str(exc))
@@ -341,8 +363,11 @@ class FramePublisher:
             except (OSError, FrameBusError) as exc:
                 errors.append(f"{server}: {exc}")
                 continue
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.write_timeout))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self.ping_interval))
+            if isinstance(sock, ssl.SSLSocket):
+                sock.settimeout(self.write_timeout)  # reads wait in select(): see _recv
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.write_timeout))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self.ping_interval))
             parser.handler = self
             with self._lock:
                 self.server_info = info
@@ -387,8 +412,8 @@ class FramePublisher:
     def _read_until_lost(self, sock: socket.socket, parser: Parser) -> None:
         while self._sock is sock:
             try:
-                data = sock.recv(_RECV_SIZE)
-            except BlockingIOError:  # SO_RCVTIMEO: the server was silent for ping_interval
+                data = self._recv(sock)
+            except BlockingIOError:  # the server was silent for ping_interval
                 if self._outstanding_pings >= self.max_outstanding_pings:
                     self.last_error = "server did not answer PINGs"
                     return
@@ -409,6 +434,22 @@ class FramePublisher:
                 self.last_error = str(exc)
                 _log.error("framebus publisher %s: %s", self.name, exc)
                 return
+
+    def _recv(self, sock: socket.socket) -> bytes:
+        """One read; BlockingIOError when the server was silent for ``ping_interval`` (SO_RCVTIMEO on plain
+        TCP). With TLS the read itself runs under the writers' lock, after ``select`` said there is data."""
+        if not isinstance(sock, ssl.SSLSocket):
+            return sock.recv(_RECV_SIZE)
+        while True:
+            if not sock.pending() and not select.select([sock], [], [], self.ping_interval)[0]:
+                raise BlockingIOError
+            with self._lock:
+                if self._sock is not sock:
+                    return b""  # closed or dropped meanwhile
+                try:
+                    return sock.recv(_RECV_SIZE)
+                except (ssl.SSLWantReadError, TimeoutError):
+                    continue  # only part of a TLS record so far
 
     # ParserHandler callbacks (reader thread)
 

@@ -13,8 +13,11 @@ handler is logged and counted in ``handler_errors``; it never breaks the connect
 it reconnects with exponential backoff and jitter (URLs in order) and resubscribes everything.
 ``publish()`` writes straight to the transport (acknowledgements and other small messages).
 
+TLS (a ``tls`` context, a tls:// URL or a server that requires it): the transport is upgraded after the
+server's INFO (``loop.start_tls``), as NATS does.
+
 What it deliberately does not do: message headers (HMSG payloads are delivered, headers skipped),
-reply subjects, request/reply, JetStream, TLS, per-subscription pending limits (a consumer that falls
+reply subjects, request/reply, JetStream, per-subscription pending limits (a consumer that falls
 too far behind is cut by the server as a slow consumer and reconnects), buffering of publishes while
 disconnected (dropped and counted, like the publisher).
 """
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,6 +202,7 @@ class AsyncFrameSubscriber:
         self._prefixes: dict[str, bytes] = {}
         self._connected = asyncio.Event()
         self._errors = ServerErrorLog(_log, "subscriber")
+        self._tls: ssl.SSLContext | None = None
 
     # --- public API -----------------------------------------------------------------------------------
 
@@ -216,6 +221,7 @@ class AsyncFrameSubscriber:
             raise FrameBusError("AsyncFrameSubscriber.connect() called twice")
         auth = auth or NatsAuth()
         self._servers = parse_servers(url, user=auth.user, password=auth.password)
+        self._tls = auth.tls.context() if auth.tls is not None else None
         self.name = name
         await self._connect_any(raise_errors=True)
         self._schedule_ping()
@@ -332,6 +338,16 @@ class AsyncFrameSubscriber:
             try:
                 info = await conn.info
                 assert conn.transport is not None
+                if self._tls is not None or server.tls or info.get("tls_required"):
+                    conn.transport = cast(
+                        asyncio.Transport,
+                        await loop.start_tls(
+                            conn.transport,
+                            conn,
+                            self._tls or ssl.create_default_context(),
+                            server_hostname=server.host,
+                        ),
+                    )
                 commands = [
                     connect_command(
                         name=self.name,
