@@ -191,6 +191,26 @@ def test_a_service_with_a_wrong_password_exits_with_one_clear_line(
     assert "VAP_NATS_PASSWORD" in last
 
 
+async def test_control_keeps_retrying_refused_credentials_and_says_so(server: EmbeddedNats) -> None:
+    """Control serves its API while NATS is unusable: refused credentials are an error in its log, retried
+    (they may be fixed on the server), never a crash."""
+    from structlog.testing import capture_logs
+
+    from vap_control.bus import NatsConnection
+
+    assert server.address is not None
+    password = "wrong-" + uuid.uuid4().hex
+    conn = NatsConnection(server.address, auth=NatsAuth("vap-control", password))
+    with capture_logs() as logs:
+        conn.start()
+        await asyncio.sleep(1.0)
+        assert not conn.connected
+        await conn.close()
+    refusals = [e for e in logs if e["event"] == "NATS refused the credentials; retrying"]
+    assert len(refusals) >= 2 and all(e["log_level"] == "error" for e in refusals)
+    assert "'vap-control'" in refusals[0]["error"] and password not in str(logs)
+
+
 # --- what each role may do ---------------------------------------------------------------------------------
 
 
