@@ -11,7 +11,9 @@ when the ``EmbeddedServers`` is closed or, should we crash, when our process die
 Every service process gets its endpoints the same way, through ``service_endpoints(settings)``.
 
 For developers, ``python -m vap_common.embedded --data-dir DIR`` starts both, prints ``NATS_URL=...`` and
-``DATABASE_URL=...`` and runs until Ctrl-C / SIGTERM.
+``DATABASE_URL=...`` and runs until Ctrl-C / SIGTERM. The embedded NATS refuses anonymous clients: its
+``NATS_URL`` carries the admin user's password, as the DSN carries PostgreSQL's (the users of the service
+roles are in ``DIR/nats/nats-credentials.json``).
 """
 
 from __future__ import annotations
