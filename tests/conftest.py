@@ -3,6 +3,10 @@
 One NATS and one PostgreSQL are started per test session (``embedded_endpoints``), unless NATS_URL /
 DATABASE_URL point at servers already (CI may provide them). Tests share these servers: name streams, subjects
 and tables uniquely (e.g. with a uuid) and clean up what you create.
+
+The embedded NATS refuses anonymous clients, like every VAP NATS: ``nats_url`` carries the admin user's
+credentials (all rights), and ``nats_credentials_file`` holds the users of the service roles, for processes
+that should run with their role's rights (``vap up`` through ``running_stack`` does).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -77,12 +82,27 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session")
-def embedded_endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
+def embedded_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServers]:
     """NATS and PostgreSQL for the whole session. A fresh cluster per session (initdb ~1 s, durable=False:
     no fsync) rather than one reused from a cache dir: parallel sessions cannot share a running cluster, and
     copying a cached one would save well under a second."""
     with EmbeddedServers() as servers:
-        yield servers.start(tmp_path_factory.mktemp("embedded"), durable=False)
+        servers.start(tmp_path_factory.mktemp("embedded"), durable=False)
+        yield servers
+
+
+@pytest.fixture(scope="session")
+def embedded_endpoints(embedded_servers: EmbeddedServers) -> Endpoints:
+    assert embedded_servers.endpoints is not None
+    return embedded_servers.endpoints
+
+
+@pytest.fixture(scope="session")
+def nats_credentials_file(embedded_servers: EmbeddedServers) -> Path | None:
+    """The users of the service roles on the session's NATS (None when NATS_URL names an external server:
+    then everything runs with the URL's user info)."""
+    nats = embedded_servers.nats
+    return nats.credentials_file if nats is not None else None
 
 
 @pytest.fixture(scope="session")

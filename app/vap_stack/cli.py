@@ -490,6 +490,18 @@ async def _node(args: argparse.Namespace) -> int:
         await api.channel.close()
 
 
+def cmd_secrets(args: argparse.Namespace) -> int:
+    from vap_stack.secrets import complete_env_file
+
+    try:
+        added = complete_env_file(args.env_file)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.env_file}: {exc.strerror}", EXIT_USAGE) from exc
+    names = ", ".join(added) if added else "nothing (every secret was there)"
+    print(f"{args.env_file}: added {names}; mode 0600")
+    return EXIT_OK
+
+
 # -- parser ---------------------------------------------------------------------------------------------
 
 
@@ -554,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=["list", "fetch"])
     models.add_argument("--only", action="append", metavar="NAME")
     sub.add_parser("status", parents=[conn], help="services, channels, health")
+    sub.add_parser(
+        "secrets", help="make or complete docker-compose's env file: every secret it needs, random"
+    ).add_argument("env_file", type=Path, help="the env file, e.g. .env beside docker-compose.yml")
     node = sub.add_parser("node", help="nodes of a multi-host deployment").add_subparsers(
         dest="action", required=True
     )
@@ -577,6 +592,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_up(args)
         if args.command == "models":
             return cmd_models(args)
+        if args.command == "secrets":
+            return cmd_secrets(args)
         runners: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
             "scenario": _scenario,
             "watch": _watch,

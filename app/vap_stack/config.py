@@ -241,6 +241,10 @@ class SiteConfig(_Strict):
     # External servers; unset = NATS_URL / DATABASE_URL from the environment, else embedded ones.
     nats_url: str | None = None
     database_url: str | None = None
+    # The external NATS's users of VAP's service roles (a nats-credentials.json; else $VAP_NATS_CREDENTIALS):
+    # each service then connects as its own role. Unset: every service uses NATS_URL's user info. The
+    # embedded NATS always has its own (<data_dir>/embedded/nats/nats-credentials.json).
+    nats_credentials: Path | None = None
     ports: Ports = Field(default_factory=Ports)
     dataset: DatasetSink = Field(default_factory=DatasetSink)
     cameras: list[Camera] = Field(default_factory=list)

@@ -191,8 +191,10 @@ def _die_with_parent() -> None:
         _PRCTL(_PR_SET_PDEATHSIG, _SIGTERM, 0, 0, 0)
 
 
-def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+def child_environment(extra: Mapping[str, str], *, drop: Sequence[str] = ()) -> dict[str, str]:
+    """Our environment without VAP_CONFIG and the variables named in ``drop``, plus ``extra``."""
     env = dict(os.environ)
-    env.pop("VAP_CONFIG", None)
+    for name in ("VAP_CONFIG", *drop):
+        env.pop(name, None)
     env.update(extra)
     return env

@@ -126,19 +126,28 @@ async def delete_inbox_consumer(nats_url: str, consumer: str) -> None:
 
 @contextlib.contextmanager
 def running_stack(
-    config: dict[str, Any], workdir: Path, *, nats_url: str, database_url: str, prefix: str
+    config: dict[str, Any],
+    workdir: Path,
+    *,
+    nats_url: str,
+    database_url: str,
+    prefix: str,
+    nats_credentials: Path | None = None,
 ) -> Iterator[tuple[StackProcess, dict[str, Any]]]:
     """``vap up`` with ``config`` on a fresh database of the server at ``database_url`` and its own in-memory
     inbox consumer; yields the process and its ``stack.json``. Afterwards Ctrl+C, which must end it with
-    status 0, and the database and consumer are removed. ``prefix``: [a-z0-9_]+ naming both."""
+    status 0, and the database and consumer are removed. ``prefix``: [a-z0-9_]+ naming both.
+    ``nats_credentials``: the server's users per role (each service then connects as its role, as with an
+    embedded server); without, every service uses ``nats_url``'s user info."""
     from vap_control.testing import drop_database, fresh_database
 
     db = fresh_database(database_url, prefix=prefix)
     consumer = f"{prefix}-inbox-{uuid.uuid4().hex[:8]}"
     control = dict(config.get("control", {})) | {"inbox_storage": "memory", "inbox_consumer": consumer}
-    proc = StackProcess(
-        config | {"control": control}, workdir, env={"NATS_URL": nats_url, "DATABASE_URL": db}
-    )
+    env = {"NATS_URL": nats_url, "DATABASE_URL": db}
+    if nats_credentials is not None:
+        env["VAP_NATS_CREDENTIALS"] = str(nats_credentials)
+    proc = StackProcess(config | {"control": control}, workdir, env=env)
     try:
         yield proc, proc.start()
     finally:

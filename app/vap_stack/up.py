@@ -1,7 +1,10 @@
 """``vap up --config SITE.yaml``: the whole stack on one machine, from one file.
 
 1. NATS and PostgreSQL: ``nats_url`` / ``database_url`` of the config, else NATS_URL / DATABASE_URL, else
-   embedded servers in ``<data_dir>/embedded``.
+   embedded servers in ``<data_dir>/embedded``. Each service connects to NATS as the user of its role
+   (vap_common.nats_auth) with only its own password in its environment: the embedded server's generated
+   users (``<data_dir>/embedded/nats/nats-credentials.json``), or those of ``nats_credentials`` /
+   $VAP_NATS_CREDENTIALS for an external server (without either, NATS_URL's user info, as given).
 2. Models: every model the cameras use must be in the models directory; missing ones are fetched
    (``python -m vap_stack.models fetch --only NAME``) with a message first, since that can take minutes.
 3. Simulated cameras (``simulate: FILE``) are served over RTSP by gst-rtsp-server processes of our own, so
@@ -41,6 +44,15 @@ import yaml
 
 from vap_common.camera_secrets import KEY_FILE_ENV, KEYS_ENV, CameraKeyError, key_file_for, load_camera_keys
 from vap_common.embedded import EmbeddedServerError, EmbeddedServers
+from vap_common.nats_auth import (
+    CREDENTIAL_ENVS,
+    NatsAuth,
+    NatsAuthError,
+    NatsCredentials,
+    Role,
+    load_credentials_file,
+    strip_credentials,
+)
 from vap_common.paths import MODELS_ENV, REPO_ROOT, models_dir
 from vap_common.ports import free_tcp_port, port_free
 from vap_proto.v1 import control_pb2, control_pb2_grpc, scenario_pb2
@@ -50,6 +62,7 @@ from vap_stack.supervise import Service, StackError, Supervisor, child_environme
 S = scenario_pb2.ScenarioStatus
 DisplayMode = Literal["table", "lines", "none"]
 STATE_FILE = "stack.json"
+CREDENTIALS_ENV = "VAP_NATS_CREDENTIALS"
 TOKEN_FILE = "api-token"  # noqa: S105 - a file name, not a secret
 
 
@@ -278,6 +291,7 @@ async def _start(
         nats_url = nats_url or endpoints.nats_url
         database_url = database_url or endpoints.database_url
     assert nats_url is not None and database_url is not None
+    nats_url, nats_users = _nats_users(stack, nats_url)
 
     from vap_rtspcam import unavailable_reason
 
@@ -295,21 +309,33 @@ async def _start(
     except CameraKeyError as exc:
         raise StackError(str(exc)) from None
 
-    def service(name: str, argv: list[str], prefix: str, index: int, **env: str) -> Service:
+    def nats_env(role: Role) -> dict[str, str]:
+        return NatsAuth.of(nats_users[role]).environment() if nats_users else {}
+
+    def service(name: str, argv: list[str], prefix: str, index: int, role: Role, **env: str) -> Service:
         health = _port(0)
         extra = base | {
             f"{prefix}HEALTH_PORT": str(health),
             f"{prefix}METRICS_PORT": str(metrics + index if metrics else 0),
             f"{prefix}DATA_DIR": str(data_dir / name),
+            **nats_env(role),
             **env,
         }
+        # With users per role, a service gets its own password and nothing inherited from us.
+        drop = (*CREDENTIAL_ENVS, *_CHANNEL_CREDENTIAL_ENVS) if nats_users else ()
         camera_keys = name in ("control", "decoder-agent")  # the one that seals, the one that opens
-        full = child_environment(extra | (keys if camera_keys else {}))
         if not camera_keys:
-            full.pop(KEYS_ENV, None)
-            full.pop(KEY_FILE_ENV, None)
-        return Service(name, argv, full, data_dir / "logs" / f"{name}.log", health)
+            drop = (*drop, KEYS_ENV, KEY_FILE_ENV)
+        env_ = child_environment(extra | (keys if camera_keys else {}), drop=drop)
+        return Service(name, argv, env_, data_dir / "logs" / f"{name}.log", health)
 
+    # The decoder processes connect as decoder-channel (frames and health only), not as their agent.
+    channel = nats_users.get(Role.DECODER_CHANNEL) if nats_users else None
+    channel_env = (
+        {"VAP_DECODER_CHANNEL_NATS_USER": channel.user, "VAP_DECODER_CHANNEL_NATS_PASSWORD": channel.password}
+        if channel is not None
+        else {}
+    )
     sup = stack.supervisor
     await sup.start(
         service(
@@ -317,11 +343,13 @@ async def _start(
             ["-m", "vap_decoder", "agent"],
             "VAP_DECODER_",
             0,
+            Role.DECODER_AGENT,
             VAP_DECODER_AGENT_ID=f"{config.site}-{socket.gethostname()}",
+            **channel_env,
         ),
         ready_timeout,
     )
-    inference = service("inference", ["-m", "vap_inference"], "VAP_INFERENCE_", 1)
+    inference = service("inference", ["-m", "vap_inference"], "VAP_INFERENCE_", 1, Role.INFERENCE)
     inference.health_port = inference_port  # its gRPC API is served on the runtime's port
     inference.env = dict(inference.env) | {
         "VAP_INFERENCE_HEALTH_PORT": str(inference_port),
@@ -329,7 +357,7 @@ async def _start(
         "VAP_INFERENCE_AUTH_TOKEN_FILE": str(data_dir / "control" / TOKEN_FILE),
     }
     await sup.start(inference, ready_timeout)
-    await sup.start(service("tracker", ["-m", "vap_tracker"], "VAP_TRACKER_", 2), ready_timeout)
+    await sup.start(service("tracker", ["-m", "vap_tracker"], "VAP_TRACKER_", 2, Role.TRACKER), ready_timeout)
     if any(c.dataset is not None and c.dataset.enabled for c in config.cameras):
         sink = config.dataset
         await sup.start(
@@ -338,6 +366,7 @@ async def _start(
                 ["-m", "vap_dataset"],
                 "VAP_DATASET_",
                 4,
+                Role.DATASET,
                 VAP_DATASET_DIR=str(config.dataset_dir().resolve()),
                 VAP_DATASET_FORMAT=sink.format,
                 VAP_DATASET_MAX_BYTES=str(sink.max_bytes),
@@ -351,6 +380,7 @@ async def _start(
         ["-m", "vap_control"],
         "VAP_CONTROL_",
         3,
+        Role.CONTROL,
         DATABASE_URL=database_url,
         VAP_CONTROL_LISTEN=stack.control_target,
         VAP_CONTROL_INFERENCE_TARGET=f"127.0.0.1:{inference_port}",
@@ -372,6 +402,7 @@ async def _start(
             ["-m", "vap_web"],
             "VAP_WEB_",
             5,
+            Role.WEB,
             VAP_WEB_LISTEN=web_address,
             VAP_WEB_CONTROL_TARGET=stack.control_target,
             **({"VAP_WEB_NODE_ID": node} if node and "node_id" not in config.web else {}),
@@ -384,6 +415,32 @@ async def _start(
     for cam in config.cameras:
         stack.scenarios[cam.id] = await apply_scenario(stack, cam, urls[cam.id], report)
     stack.write_state()
+
+
+_CHANNEL_CREDENTIAL_ENVS = (
+    "VAP_DECODER_CHANNEL_NATS_USER",
+    "VAP_DECODER_CHANNEL_NATS_PASSWORD",
+    "VAP_DECODER_CHANNEL_NATS_PASSWORD_FILE",
+)
+
+
+def _nats_users(stack: Stack, nats_url: str) -> tuple[str, dict[Role, NatsCredentials]]:
+    """The URL the services get and the users of their roles: the embedded server's, those of the
+    ``nats_credentials`` file (or $VAP_NATS_CREDENTIALS) for an external server, else none (the services
+    then use the URL's user info, as given)."""
+    if stack.servers is not None and stack.servers.nats is not None:
+        assert stack.servers.nats.address is not None
+        return stack.servers.nats.address, stack.servers.nats.credentials
+    given = stack.config.nats_credentials or os.environ.get(CREDENTIALS_ENV)
+    if not given:
+        return nats_url, {}
+    try:
+        users = load_credentials_file(Path(given))
+    except NatsAuthError as exc:
+        raise StackError(str(exc)) from exc
+    if missing := [role.value for role in Role if role is not Role.ADMIN and role not in users]:
+        raise StackError(f"NATS credentials file {given} has no user for: {', '.join(missing)}")
+    return strip_credentials(nats_url), users
 
 
 async def apply_scenario(stack: Stack, cam: Camera, url: str, report: Callable[[str], None]) -> str:

@@ -33,7 +33,8 @@ class RestartableNats:
 
     def start(self) -> None:
         self.server = EmbeddedNats(self.directory, port=self.port, monitoring=False)
-        self.server.start()
+        # The admin user's URL: its password is kept in the directory, so it holds across restarts.
+        self.url = self.server.start()
 
     def stop(self) -> None:
         if self.server is not None:

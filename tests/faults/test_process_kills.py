@@ -137,9 +137,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         },
         "control": {"reconcile_s": 0.5, "health_persist_s": 1.0, "retry_max_s": 1.0, "outbox_poll_s": 0.2},
     }
-    proc = StackProcess(
-        config, work, env={"NATS_URL": servers.nats_url, "DATABASE_URL": servers.database_url}
-    )
+    # Each service as its own NATS user, as `vap up` runs them on its embedded server.
+    env = {
+        "NATS_URL": servers.nats_url,
+        "DATABASE_URL": servers.database_url,
+        "VAP_NATS_CREDENTIALS": str(servers.nats.credentials_file),
+    }
+    proc = StackProcess(config, work, env=env)
     try:
         state = proc.start(timeout=240)
         yield {"proc": proc, "state": state, "servers": servers}

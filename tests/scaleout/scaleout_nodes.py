@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
+from vap_common.nats_auth import NatsAuth, NatsCredentials, Role
 from vap_shmring import RING_PREFIX, SHM_DIR, cleanup_stale_rings
 
 MODEL = "ssdlite-mbv2-person-300"
@@ -27,12 +28,22 @@ def rotated(urls: list[str], first: int) -> str:
 
 class Node:
     """One node: ``python -m vap_decoder agent`` and ``python -m vap_inference`` in one new process group
-    (decoders are the agent's children, so they are in it too)."""
+    (decoders are the agent's children, so they are in it too), each connected as its role's NATS user
+    (``users``; the decoders as decoder-channel), as on a host of a multi-host deployment."""
 
-    def __init__(self, name: str, nats_url: str, workdir: Path, *, labels: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        nats_url: str,
+        workdir: Path,
+        *,
+        labels: dict[str, str],
+        users: dict[Role, NatsCredentials],
+    ) -> None:
         self.node_id = f"{name}-{uuid.uuid4().hex[:6]}"
         self.agent_id = f"agent-{self.node_id}"
         self.workdir = workdir
+        self.users = users
         self.base = {k: v for k, v in os.environ.items() if k != "VAP_CONFIG"} | {"NATS_URL": nats_url}
         self.labels = labels
         self.agent: subprocess.Popen[bytes] | None = None
@@ -48,7 +59,11 @@ class Node:
         return self.workdir / "inference.log"
 
     def start(self) -> Node:
+        channel = self.users[Role.DECODER_CHANNEL]
         agent_env = self.base | {
+            **NatsAuth.of(self.users[Role.DECODER_AGENT]).environment(),
+            "VAP_DECODER_CHANNEL_NATS_USER": channel.user,
+            "VAP_DECODER_CHANNEL_NATS_PASSWORD": channel.password,
             "VAP_DECODER_AGENT_ID": self.agent_id,
             "VAP_DECODER_NODE_ID": self.node_id,
             "VAP_DECODER_NODE_LABELS": json.dumps(self.labels),
@@ -60,6 +75,7 @@ class Node:
             "VAP_DECODER_DATA_DIR": str(self.workdir / "data"),
         }
         inference_env = self.base | {
+            **NatsAuth.of(self.users[Role.INFERENCE]).environment(),
             "VAP_INFERENCE_NODE_ID": self.node_id,
             "VAP_INFERENCE_DEFAULT_MODEL": MODEL,
             "VAP_INFERENCE_THREADS": "1",

@@ -26,8 +26,9 @@ from nats.aio.client import Client as NatsClient
 from scaleout_nodes import MODEL, Node, rotated
 
 from vap_common import subjects
-from vap_common.bus import NatsBus
+from vap_common.bus import NatsBus, connect_nats
 from vap_common.embedded_nats import EmbeddedNatsCluster
+from vap_common.nats_auth import NatsAuthError, Role, load_credentials_file
 from vap_control.testing import (
     RunningControl,
     control_settings,
@@ -102,18 +103,26 @@ async def deployment(
     camera: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Deployment]:
-    urls = nats_cluster.urls
+    urls, addresses = nats_cluster.urls, nats_cluster.addresses
+    users = load_credentials_file(nats_cluster.credentials_file)
     nodes = {
         name: Node(
-            name, rotated(urls, i), Path(tmp_path_factory.mktemp(f"node-{name}")), labels={"zone": name}
+            name,
+            rotated(addresses, i),
+            Path(tmp_path_factory.mktemp(f"node-{name}")),
+            labels={"zone": name},
+            users=users,
         )
         for i, name in enumerate(("a", "b", "c"))
     }
     db = fresh_database(database_url)
+    control = users[Role.CONTROL]
     settings = control_settings(
-        rotated(urls, 0),
+        rotated(addresses, 0),
         db,
         TOKEN,
+        nats_user=control.user,
+        nats_password=control.password,
         inbox_consumer=f"scaleout-{uuid.uuid4().hex[:8]}",
         agent_timeout_s=AGENT_TIMEOUT_S,
         reconcile_s=0.3,
@@ -198,6 +207,42 @@ def _no_frame_twice(d: Deployment, channel: str) -> None:
     assert len(keys) == len(set(keys)), f"frames of {channel} inferred more than once"
 
 
+async def test_cluster_refuses_anonymous_clients_and_subjects_across_routes(
+    nats_cluster: EmbeddedNatsCluster,
+) -> None:
+    """Every member of the cluster authenticates (none lets an anonymous client in) and a role's permissions
+    hold on every member: the tracker's user, connected to one server, cannot get an agent command to a
+    subscriber on another, while its own subjects cross the routes."""
+    for address in nats_cluster.addresses:
+        with pytest.raises(NatsAuthError, match="anonymous"):
+            await connect_nats(address, name="scaleout-anonymous")
+    admin = await nats.connect(nats_cluster.urls[0], name="scaleout-admin")
+    tracker = await connect_nats(
+        nats_cluster.addresses[2], name="scaleout-tracker", auth=nats_cluster.auth(Role.TRACKER)
+    )
+    try:
+        got: list[str] = []
+
+        async def record(msg: Any) -> None:
+            got.append(msg.subject)
+
+        agent = f"agent-{uuid.uuid4().hex[:6]}"
+        await admin.subscribe(subjects.agent_commands(agent), cb=record)
+        await admin.subscribe(subjects.tracks("scaleout-auth"), cb=record)
+        await admin.flush()
+        await asyncio.sleep(0.5)  # the subscriptions reach the other members over the routes
+        await tracker.publish(subjects.agent_commands(agent), b"forged")
+        await tracker.publish(subjects.tracks("scaleout-auth"), b"ours")
+        await tracker.flush()
+        await wait_for(
+            lambda: asyncio.sleep(0, subjects.tracks("scaleout-auth") in got), 5.0, "tracks routed"
+        )
+        assert got == [subjects.tracks("scaleout-auth")]
+    finally:
+        await tracker.close()
+        await admin.close()
+
+
 async def test_placement_spreads_by_free_capacity_and_selector(deployment: Deployment) -> None:
     d = deployment
     nodes = await d.control.stub.ListNodes(control_pb2.ListNodesRequest())
@@ -236,10 +281,10 @@ async def test_placement_spreads_by_free_capacity_and_selector(deployment: Deplo
 
 async def test_trackers_shard_channels_and_take_over_a_dead_ones(deployment: Deployment) -> None:
     d = deployment
-    urls = d.cluster.urls
+    addresses = d.cluster.addresses
     for i in range(2):
         settings = TrackerServiceSettings(
-            nats_url=rotated(urls, i),
+            nats_url=rotated(addresses, i),
             shard={
                 "enabled": True,
                 "tracker_id": f"tracker-{i}-{uuid.uuid4().hex[:4]}",
@@ -247,7 +292,8 @@ async def test_trackers_shard_channels_and_take_over_a_dead_ones(deployment: Dep
                 "timeout_s": 1.0,
             },
         )
-        tracker = TrackerService(settings, await NatsBus.connect(rotated(urls, i)))
+        bus = await NatsBus.connect(rotated(addresses, i), auth=d.cluster.auth(Role.TRACKER))
+        tracker = TrackerService(settings, bus)
         await tracker.start()
         d.trackers.append(tracker)
     channels = {(await _get(d, sid)).channel_id for sid in d.scenarios.values()}

@@ -17,10 +17,12 @@ import http.client
 import json
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -30,6 +32,8 @@ from urllib.parse import urlsplit
 import pytest
 import pytest_asyncio
 
+from vap_common.embedded import EmbeddedServers
+from vap_common.nats_auth import load_credentials_file
 from vap_common.paths import sample_video
 from vap_control.testing import authenticated_channel, wait_for
 from vap_proto.v1 import analytics_pb2, common_pb2, control_pb2, control_pb2_grpc, scenario_pb2
@@ -64,7 +68,10 @@ LINES = [
 
 @pytest.fixture(scope="module")
 def stack(
-    nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+    nats_url: str,
+    database_url: str,
+    nats_credentials_file: Path | None,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
     registry = pytest.importorskip("vap_models.catalogue")
     from vap_inference.testing import missing_model_reason
@@ -97,7 +104,12 @@ def stack(
     }
     try:
         with running_stack(
-            config, workdir, nats_url=nats_url, database_url=database_url, prefix="vap_stack_test"
+            config,
+            workdir,
+            nats_url=nats_url,
+            database_url=database_url,
+            prefix="vap_stack_test",
+            nats_credentials=nats_credentials_file,
         ) as (proc, state):
             yield {"proc": proc, "state": state, "cameras": cams, "workdir": workdir}
     finally:
@@ -235,6 +247,44 @@ async def test_two_cameras_end_to_end(
         return any(e.event_id == crossing.event_id for e in page.events)
 
     await wait_for(stored_crossing, 30.0, "the streamed crossing stored")
+
+
+def test_services_run_as_their_own_nats_users(
+    stack: dict[str, Any], embedded_servers: EmbeddedServers, nats_credentials_file: Path | None
+) -> None:
+    """After the end-to-end run above, which needed every service's subjects: each service is connected as
+    its role's user (the server says so), nothing was refused, and no password is in any log."""
+    nats = embedded_servers.nats
+    assert nats is not None and nats.monitoring_url and nats_credentials_file is not None, (
+        "needs the session's embedded NATS (NATS_URL names an external server)"
+    )
+    with urllib.request.urlopen(f"{nats.monitoring_url.rstrip('/')}/connz?auth=true&limit=4096") as r:
+        connections = json.load(r)["connections"]
+    users = collections.defaultdict(set)
+    for conn in connections:
+        users[conn.get("name", "")].add(conn.get("authorized_user"))
+    agent = users.keys() & {f"decoder-agent-{stack['state']['site']}-{socket.gethostname()}"}
+    decoders = [
+        name for name in users if name.startswith("decoder-") and not name.startswith("decoder-agent")
+    ]
+    assert agent and decoders, f"no decoder agent or decoder process connected: {sorted(users)}"
+    expected = {
+        **{name: "vap-decoder-agent" for name in agent},
+        **{name: "vap-decoder-channel" for name in decoders},
+        "vap-inference": "vap-inference",
+        "vap-tracker": "vap-tracker",
+        "vap-control": "vap-control",
+        "vap-web": "vap-web",
+    }
+    for name, user in expected.items():
+        assert users.get(name) == {user}, f"{name} connected as {users.get(name)}, not {user}"
+    proc: StackProcess = stack["proc"]
+    logs = {path: path.read_text(errors="replace") for path in (proc.data_dir / "logs").glob("*.log")}
+    logs[proc.output] = proc.text()
+    passwords = [c.password for c in load_credentials_file(nats_credentials_file).values()]
+    for path, text in logs.items():
+        assert "permissions violation" not in text.lower(), f"{path.name}: a subject was refused"
+        assert not any(pw in text for pw in passwords), f"{path.name} holds a NATS password"
 
 
 def _status_of(proc: StackProcess, sid: str, data: list[str]) -> str:

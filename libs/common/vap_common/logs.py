@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
 
@@ -79,3 +80,22 @@ def _add_service(service: str) -> Any:
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
     return logger
+
+
+class Throttle:
+    """``due(key)`` is True at most once per ``interval_s`` for each key: for messages that may repeat at
+    frame rate (a refused subject, a broken input), logged once in a while instead of every time."""
+
+    def __init__(self, interval_s: float = 60.0, max_keys: int = 1024) -> None:
+        self._interval_s = interval_s
+        self._max_keys = max_keys
+        self._last: dict[str, float] = {}
+
+    def due(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -self._interval_s) < self._interval_s:
+            return False
+        if len(self._last) >= self._max_keys:
+            self._last.clear()
+        self._last[key] = now
+        return True

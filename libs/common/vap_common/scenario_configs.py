@@ -15,12 +15,12 @@ the replay) and ``ConfigRevisions`` (the newest revision of each scenario wins).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import nats
 from google.protobuf.message import DecodeError
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -28,7 +28,7 @@ from nats.js.errors import Error as JetStreamError
 
 from vap_common import subjects
 from vap_common.logs import get_logger
-from vap_common.nats_urls import nats_servers
+from vap_common.nats_auth import NatsAuth
 from vap_proto.v1 import scenario_pb2
 
 _log = get_logger("vap.scenario_configs")
@@ -78,14 +78,22 @@ async def fetch_latest_scenario_configs(nc: Any, *, timeout: float = 5.0) -> lis
     return out
 
 
-async def fetch_latest_scenario_configs_from(url: str, *, timeout: float = 5.0) -> list[tuple[str, bytes]]:
-    """The same through a short-lived connection to ``url`` (for services whose bus is not nats-py)."""
+async def fetch_latest_scenario_configs_from(
+    url: str, *, auth: NatsAuth | None = None, timeout: float = 5.0
+) -> list[tuple[str, bytes]]:
+    """The same through a short-lived connection to ``url`` as ``auth`` (for services whose bus is not
+    nats-py)."""
+    from vap_common.bus import connect_nats  # vap_common.bus builds on this module
+
     try:
-        nc = await nats.connect(
-            nats_servers(url), name="vap-scenario-configs", connect_timeout=timeout, max_reconnect_attempts=0
+        nc = await asyncio.wait_for(
+            connect_nats(
+                url, name="vap-scenario-configs", auth=auth, connect_timeout=timeout, reconnect=False
+            ),
+            timeout,
         )
-    except (NatsError, OSError, TimeoutError) as exc:
-        _log.debug("cannot connect to read stored scenario configs", error=repr(exc))
+    except (NatsError, OSError, TimeoutError) as exc:  # NatsAuthError is an OSError
+        _log.warning("cannot connect to read stored scenario configs", error=str(exc))
         return []
     try:
         return await fetch_latest_scenario_configs(nc, timeout=timeout)

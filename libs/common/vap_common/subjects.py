@@ -16,6 +16,13 @@ Layout (``<id>`` is always an escaped token, see :func:`token`)::
     vap.agent.<agent>.status        AgentStatus       decoder agent -> control   (heartbeat)
     vap.tracker.<tracker>.status    TrackerStatus     tracker -> trackers        (shard membership)
 
+JetStream streams (created by control; names are control settings, these are the defaults)::
+
+    VAP_RESULTS          detections, tracks, events, counts: control's durable inbox
+    VAP_SCENARIO_CONFIG  the latest ScenarioConfig per scenario: read by inference, tracker, dataset
+
+Who may publish and subscribe which of these is derived from this module in ``vap_common.nats_auth``.
+
 All payloads are serialised ``vap.v1`` protobuf messages (``vap_proto.v1``), never JSON.
 
 Ids become subject tokens through :func:`token`, a reversible escaping that keeps ``[A-Za-z0-9_-]`` and
@@ -32,12 +39,14 @@ from typing import Final, NamedTuple
 
 __all__ = [
     "AGENT",
+    "CONFIG_STREAM",
     "COUNTS",
     "DETECTIONS",
     "EVENTS",
     "FRAMES",
     "HEALTH",
     "PREFIX",
+    "RESULTS_STREAM",
     "SCENARIO",
     "TRACKER",
     "TRACKS",
@@ -45,6 +54,7 @@ __all__ = [
     "agent_commands",
     "agent_replies",
     "agent_status",
+    "all_agent_commands",
     "all_agent_replies",
     "all_agent_status",
     "all_channel_health",
@@ -52,6 +62,7 @@ __all__ = [
     "all_detections",
     "all_events",
     "all_frames",
+    "all_frames_every_node",
     "all_scenario_configs",
     "all_tracker_status",
     "all_tracks",
@@ -81,6 +92,10 @@ HEALTH: Final = "health"
 SCENARIO: Final = "scenario"
 AGENT: Final = "agent"
 TRACKER: Final = "tracker"
+
+# JetStream streams: the default names of control's ``inbox_stream`` and ``config_stream`` settings.
+RESULTS_STREAM: Final = "VAP_RESULTS"
+CONFIG_STREAM: Final = "VAP_SCENARIO_CONFIG"
 
 _SCENARIO_CONFIG: Final = "config"
 _AGENT_COMMANDS: Final = "commands"
@@ -208,6 +223,12 @@ def all_frames(node_id: str = "") -> str:
     return _join(FRAMES, "*")
 
 
+def all_frames_every_node() -> str:
+    """``vap.frames.>``: FrameRef of every channel, single-node (``vap.frames.<channel>``) and node-scoped
+    (``vap.frames.<channel>.<node>``) alike; what a permission for frames names."""
+    return _join(FRAMES, ">")
+
+
 def all_detections() -> str:
     """``vap.detections.*``: FrameDetections of every channel."""
     return _join(DETECTIONS, "*")
@@ -236,6 +257,11 @@ def all_channel_health() -> str:
 def all_scenario_configs() -> str:
     """``vap.scenario.*.config``: ScenarioConfig of every scenario."""
     return _join(SCENARIO, "*", _SCENARIO_CONFIG)
+
+
+def all_agent_commands() -> str:
+    """``vap.agent.*.commands``: AgentCommand to every agent."""
+    return _join(AGENT, "*", _AGENT_COMMANDS)
 
 
 def all_agent_replies() -> str:

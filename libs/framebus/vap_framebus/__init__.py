@@ -9,7 +9,8 @@ frame-handoff target is 0.2 ms p50 (DESIGN.md). This package gives:
 - ``AsyncFrameSubscriber``: asyncio, handlers called inline from ``data_received`` (must be fast and must
   not block), reconnect with automatic resubscribe.
 
-Plain TCP only (no TLS), no headers on publish, no request/reply, no JetStream.
+TCP with or without TLS (upgraded after INFO, as NATS does); no headers on publish, no request/reply, no
+JetStream.
 """
 
 from vap_framebus.errors import (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vap_common.nats_auth import NatsAuthError
+
 
 class FrameBusError(Exception):
     """Base class of every vap_framebus error."""
@@ -15,8 +17,9 @@ class FrameBusConnectionError(FrameBusError, ConnectionError):
     """No server of the URL list could be connected to (or the handshake failed)."""
 
 
-class AuthorizationError(FrameBusConnectionError):
-    """The server refused the credentials (-ERR 'Authorization Violation' or similar)."""
+class AuthorizationError(FrameBusConnectionError, NatsAuthError):
+    """The server refused the credentials (-ERR 'Authorization Violation' or similar). Also a
+    ``vap_common.nats_auth.NatsAuthError``, as nats-py connections report it."""
 
 
 class PayloadTooLargeError(FrameBusError, ValueError):

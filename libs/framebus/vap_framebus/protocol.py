@@ -12,8 +12,10 @@ Not handled: anything JetStream or request/reply specific; that is nats-py's job
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Protocol
 
+from vap_common.logs import Throttle
 from vap_framebus.errors import ProtocolError
 
 CRLF = b"\r\n"
@@ -248,5 +250,32 @@ def unsub_command(sid: int) -> bytes:
 
 
 def is_auth_error(message: str) -> bool:
+    """-ERR for refused credentials ('Authorization Violation'), not for a refused subject."""
     lowered = message.lower()
-    return "authorization" in lowered or "authentication" in lowered or "user authentication" in lowered
+    return not is_permissions_error(message) and ("authorization" in lowered or "authentication" in lowered)
+
+
+def is_permissions_error(message: str) -> bool:
+    """-ERR 'Permissions Violation for Publish to "<subject>"' (or Subscription): the connection stays."""
+    return "permissions violation" in message.lower()
+
+
+class ServerErrorLog:
+    """Logs the server's -ERR lines of one connection. A refused subject is logged once per minute per
+    subject: a publisher refused on every frame would flood the log otherwise."""
+
+    def __init__(self, logger: logging.Logger, what: str, interval_s: float = 60.0) -> None:
+        self._logger = logger
+        self._what = what
+        self._throttle = Throttle(interval_s)
+
+    def __call__(self, name: str, message: str) -> None:
+        if is_permissions_error(message):
+            if self._throttle.due(message):
+                self._logger.error("framebus %s %s: the server refused: %s", self._what, name, message)
+        elif is_auth_error(message):
+            self._logger.error(
+                "framebus %s %s: server refused the credentials: %s", self._what, name, message
+            )
+        else:
+            self._logger.error("framebus %s %s: server error: %s", self._what, name, message)

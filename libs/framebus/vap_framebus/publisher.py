@@ -9,16 +9,23 @@ What it does: ``publish()`` writes ``PUB <subject> <n>\\r\\n<payload>\\r\\n`` wi
 socket: it answers the server's PINGs, pings an idle server itself to detect dead connections, logs -ERR,
 and on EOF or error reconnects with exponential backoff and jitter, trying the URLs in order.
 
+TLS (a ``tls`` context, a tls:// URL or a server that requires it): the socket is upgraded after the
+server's INFO, as NATS does. OpenSSL must never read and write one connection at once, so with TLS the
+reader thread waits for data with ``select`` and reads under the writers' lock (it reads only PONGs and
+PINGs: rare); each publish is one ``sendall`` of header and payload joined (no ``sendmsg`` on TLS).
+
 What it deliberately does not do: queue anything while disconnected (live video: a frame that cannot be
 sent now is dropped and counted, ``publish()`` returns False at once), block a writer for long (a send
-that stalls for ``write_timeout`` drops the connection), subscribe, request/reply, headers, JetStream, TLS.
+that stalls for ``write_timeout`` drops the connection), subscribe, request/reply, headers, JetStream.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
+import ssl
 import struct
 import threading
 from collections import deque
@@ -26,6 +33,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from vap_common.backoff import Backoff
+from vap_common.nats_auth import NatsAuth, refusal_message
 from vap_framebus.errors import (
     AuthorizationError,
     FrameBusConnectionError,
@@ -38,6 +46,7 @@ from vap_framebus.protocol import (
     PING,
     PONG,
     Parser,
+    ServerErrorLog,
     connect_command,
     is_auth_error,
     pub_prefix,
@@ -103,16 +112,24 @@ class _Handshake:
     def check(self, server: ServerAddress) -> None:
         """Raise if the server sent -ERR."""
         if self.error and is_auth_error(self.error):
-            raise AuthorizationError(f"{server}: server refused the credentials: {self.error}")
+            raise AuthorizationError(
+                refusal_message(server.user, self.error, token=bool(server.token), where=str(server))
+            )
         if self.error:
             raise FrameBusConnectionError(f"{server}: server error during connect: {self.error}")
 
 
 def open_connection(
-    server: ServerAddress, *, name: str, timeout: float, recv_size: int = _RECV_SIZE
+    server: ServerAddress,
+    *,
+    name: str,
+    timeout: float,
+    recv_size: int = _RECV_SIZE,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[socket.socket, Parser, dict[str, Any]]:
-    """TCP connect, INFO, CONNECT, PING, PONG. Returns the socket (blocking, no timeout), the parser
-    holding any bytes read past the PONG, and the server's INFO."""
+    """TCP connect, INFO, (TLS handshake when ``tls`` is given, the URL says tls:// or the server requires
+    it), CONNECT, PING, PONG. Returns the socket (blocking, no timeout; an ``ssl.SSLSocket`` with TLS), the
+    parser holding any bytes read past the PONG, and the server's INFO."""
     sock = socket.create_connection((server.host, server.port), timeout=timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -123,6 +140,11 @@ def open_connection(
         while not hs.pong:
             hs.check(server)
             if hs.info is not None and not sent_connect:
+                if tls is not None or server.tls or hs.info.get("tls_required"):
+                    sock = (tls or ssl.create_default_context()).wrap_socket(
+                        sock, server_hostname=server.host
+                    )
+                    hs.sock = sock
                 command = connect_command(
                     name=name,
                     version=__version__,
@@ -183,6 +205,8 @@ class FramePublisher:
         self._waiters: deque[_Waiter | None] = deque()  # one per PING sent; None for keep-alive pings
         self._outstanding_pings = 0
         self._prefixes: dict[str, bytes] = {}
+        self._errors = ServerErrorLog(_log, "publisher")
+        self._tls: ssl.SSLContext | None = None
 
     # --- public API -----------------------------------------------------------------------------------
 
@@ -194,12 +218,15 @@ class FramePublisher:
     def max_payload(self) -> int:
         return self._max_payload
 
-    def connect(self, url: str, name: str = "vap-framebus") -> None:
-        """Connect to the first reachable server of ``url`` (comma-separated list) or raise
+    def connect(self, url: str, name: str = "vap-framebus", *, auth: NatsAuth | None = None) -> None:
+        """Connect to the first reachable server of ``url`` (comma-separated list) as ``auth`` (default: the
+        URL's user info; its ``tls``: TLS with that CA and client certificate) or raise
         FrameBusConnectionError (AuthorizationError for refused credentials); start the reader thread."""
         if self._thread is not None:
             raise FrameBusError("FramePublisher.connect() called twice")
-        self._servers = parse_servers(url)
+        auth = auth or NatsAuth()
+        self._servers = parse_servers(url, user=auth.user, password=auth.password)
+        self._tls = auth.tls.context() if auth.tls is not None else None
         self.name = name
         sock, parser = self._connect_any(raise_errors=True)
         assert sock is not None and parser is not None
@@ -226,7 +253,7 @@ class FramePublisher:
                 self.dropped += 1
                 return False
             try:
-                if size <= _CONCAT_LIMIT:
+                if size <= _CONCAT_LIMIT or isinstance(sock, ssl.SSLSocket):
                     sock.sendall(b"".join((prefix, b"%d\r\n" % size, payload, CRLF)))
                 else:
                     self._sendmsg_all(sock, [prefix + b"%d\r\n" % size, payload, CRLF])
@@ -326,7 +353,9 @@ class FramePublisher:
         auth: AuthorizationError | None = None
         for server in self._servers:
             try:
-                sock, parser, info = open_connection(server, name=self.name, timeout=self.connect_timeout)
+                sock, parser, info = open_connection(
+                    server, name=self.name, timeout=self.connect_timeout, tls=self._tls
+                )
             except AuthorizationError as exc:
                 auth = auth or exc
                 errors.append(str(exc))
@@ -334,8 +363,11 @@ class FramePublisher:
             except (OSError, FrameBusError) as exc:
                 errors.append(f"{server}: {exc}")
                 continue
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.write_timeout))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self.ping_interval))
+            if isinstance(sock, ssl.SSLSocket):
+                sock.settimeout(self.write_timeout)  # reads wait in select(): see _recv
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.write_timeout))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self.ping_interval))
             parser.handler = self
             with self._lock:
                 self.server_info = info
@@ -380,8 +412,8 @@ class FramePublisher:
     def _read_until_lost(self, sock: socket.socket, parser: Parser) -> None:
         while self._sock is sock:
             try:
-                data = sock.recv(_RECV_SIZE)
-            except BlockingIOError:  # SO_RCVTIMEO: the server was silent for ping_interval
+                data = self._recv(sock)
+            except BlockingIOError:  # the server was silent for ping_interval
                 if self._outstanding_pings >= self.max_outstanding_pings:
                     self.last_error = "server did not answer PINGs"
                     return
@@ -402,6 +434,22 @@ class FramePublisher:
                 self.last_error = str(exc)
                 _log.error("framebus publisher %s: %s", self.name, exc)
                 return
+
+    def _recv(self, sock: socket.socket) -> bytes:
+        """One read; BlockingIOError when the server was silent for ``ping_interval`` (SO_RCVTIMEO on plain
+        TCP). With TLS the read itself runs under the writers' lock, after ``select`` said there is data."""
+        if not isinstance(sock, ssl.SSLSocket):
+            return sock.recv(_RECV_SIZE)
+        while True:
+            if not sock.pending() and not select.select([sock], [], [], self.ping_interval)[0]:
+                raise BlockingIOError
+            with self._lock:
+                if self._sock is not sock:
+                    return b""  # closed or dropped meanwhile
+                try:
+                    return sock.recv(_RECV_SIZE)
+                except (ssl.SSLWantReadError, TimeoutError):
+                    continue  # only part of a TLS record so far
 
     # ParserHandler callbacks (reader thread)
 
@@ -434,7 +482,4 @@ class FramePublisher:
 
     def on_err(self, message: str) -> None:
         self.last_error = message
-        if is_auth_error(message):
-            _log.error("framebus publisher %s: server refused the credentials: %s", self.name, message)
-        else:
-            _log.error("framebus publisher %s: server error: %s", self.name, message)
+        self._errors(self.name, message)

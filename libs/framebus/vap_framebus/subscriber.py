@@ -13,8 +13,11 @@ handler is logged and counted in ``handler_errors``; it never breaks the connect
 it reconnects with exponential backoff and jitter (URLs in order) and resubscribes everything.
 ``publish()`` writes straight to the transport (acknowledgements and other small messages).
 
+TLS (a ``tls`` context, a tls:// URL or a server that requires it): the transport is upgraded after the
+server's INFO (``loop.start_tls``), as NATS does.
+
 What it deliberately does not do: message headers (HMSG payloads are delivered, headers skipped),
-reply subjects, request/reply, JetStream, TLS, per-subscription pending limits (a consumer that falls
+reply subjects, request/reply, JetStream, per-subscription pending limits (a consumer that falls
 too far behind is cut by the server as a slow consumer and reconnects), buffering of publishes while
 disconnected (dropped and counted, like the publisher).
 """
@@ -25,12 +28,14 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from vap_common.backoff import Backoff
+from vap_common.nats_auth import NatsAuth, refusal_message
 from vap_framebus.errors import (
     AuthorizationError,
     FrameBusConnectionError,
@@ -43,6 +48,7 @@ from vap_framebus.protocol import (
     PING,
     PONG,
     Parser,
+    ServerErrorLog,
     connect_command,
     is_auth_error,
     pub_prefix,
@@ -195,6 +201,8 @@ class AsyncFrameSubscriber:
         self._last_rx = -1
         self._prefixes: dict[str, bytes] = {}
         self._connected = asyncio.Event()
+        self._errors = ServerErrorLog(_log, "subscriber")
+        self._tls: ssl.SSLContext | None = None
 
     # --- public API -----------------------------------------------------------------------------------
 
@@ -206,12 +214,14 @@ class AsyncFrameSubscriber:
     def max_payload(self) -> int:
         return self._max_payload
 
-    async def connect(self, url: str, name: str = "vap-framebus") -> None:
-        """Connect to the first reachable server of ``url`` (comma-separated list) or raise
-        FrameBusConnectionError (AuthorizationError for refused credentials)."""
+    async def connect(self, url: str, name: str = "vap-framebus", *, auth: NatsAuth | None = None) -> None:
+        """Connect to the first reachable server of ``url`` (comma-separated list) as ``auth`` (default: the
+        URL's user info) or raise FrameBusConnectionError (AuthorizationError for refused credentials)."""
         if self._servers:
             raise FrameBusError("AsyncFrameSubscriber.connect() called twice")
-        self._servers = parse_servers(url)
+        auth = auth or NatsAuth()
+        self._servers = parse_servers(url, user=auth.user, password=auth.password)
+        self._tls = auth.tls.context() if auth.tls is not None else None
         self.name = name
         await self._connect_any(raise_errors=True)
         self._schedule_ping()
@@ -317,10 +327,7 @@ class AsyncFrameSubscriber:
 
     def _server_error(self, message: str) -> None:
         self.last_error = message
-        if is_auth_error(message):
-            _log.error("framebus subscriber %s: server refused the credentials: %s", self.name, message)
-        else:
-            _log.error("framebus subscriber %s: server error: %s", self.name, message)
+        self._errors(self.name, message)
 
     # --- connecting ------------------------------------------------------------------------------------
 
@@ -331,6 +338,16 @@ class AsyncFrameSubscriber:
             try:
                 info = await conn.info
                 assert conn.transport is not None
+                if self._tls is not None or server.tls or info.get("tls_required"):
+                    conn.transport = cast(
+                        asyncio.Transport,
+                        await loop.start_tls(
+                            conn.transport,
+                            conn,
+                            self._tls or ssl.create_default_context(),
+                            server_hostname=server.host,
+                        ),
+                    )
                 commands = [
                     connect_command(
                         name=self.name,
@@ -351,7 +368,7 @@ class AsyncFrameSubscriber:
                     conn.transport.abort()
                 if conn.error and is_auth_error(conn.error):
                     raise AuthorizationError(
-                        f"{server}: server refused the credentials: {conn.error}"
+                        refusal_message(server.user, conn.error, token=bool(server.token), where=str(server))
                     ) from exc
                 if conn.error and not isinstance(exc, asyncio.CancelledError):
                     raise FrameBusConnectionError(

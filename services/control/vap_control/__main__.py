@@ -13,6 +13,7 @@ from vap_common.camera_secrets import load_camera_keys
 from vap_common.embedded import service_endpoints
 from vap_common.entry import service_main
 from vap_common.logs import get_logger
+from vap_common.nats_auth import Role
 from vap_common.runtime import ServiceRuntime
 from vap_control.service import CONTROL_SERVICE, ControlService, grpc_server_setup
 from vap_control.settings import ControlSettings
@@ -25,10 +26,13 @@ async def run(settings: ControlSettings) -> None:
     async with ServiceRuntime(
         "control", settings, interceptors=interceptors, options=options, ports=ports
     ) as runtime:
-        with service_endpoints(settings, need_postgres=True) as endpoints:
+        with service_endpoints(settings, role=Role.CONTROL, need_postgres=True) as endpoints:
             assert endpoints.nats_url is not None and endpoints.database_url is not None
             service = ControlService(
-                settings, nats_url=endpoints.nats_url, database_url=endpoints.database_url
+                settings,
+                nats_url=endpoints.nats_url,
+                database_url=endpoints.database_url,
+                nats_auth=endpoints.nats_auth,
             )
             try:
                 await service.start(runtime.add_grpc_service())

@@ -18,15 +18,17 @@ from nats.js import JetStreamContext
 
 from vap_common.bus import connect_nats
 from vap_common.logs import get_logger
+from vap_common.nats_auth import NatsAuth, NatsAuthError
 from vap_common.tasks import cancel_and_wait
 
 _log = get_logger("vap.control.bus")
 
 
 class NatsConnection:
-    def __init__(self, url: str, *, name: str = "vap-control") -> None:
+    def __init__(self, url: str, *, name: str = "vap-control", auth: NatsAuth | None = None) -> None:
         self.url = url
         self.name = name
+        self.auth = auth
         self._nc: NatsClient | None = None
         self._connected = asyncio.Event()
         self._connected_since: float | None = None
@@ -84,9 +86,16 @@ class NatsConnection:
                 self._nc = await connect_nats(
                     self.url,
                     name=self.name,
+                    auth=self.auth,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
                 )
+            except NatsAuthError as exc:
+                # The API keeps serving (the outbox keeps commands); the credentials may be fixed server-side.
+                _log.error("NATS refused the credentials; retrying", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
             except Exception as exc:
                 _log.warning("cannot connect to NATS yet; retrying", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)

@@ -26,6 +26,7 @@ from vap_common.camera_secrets import load_camera_keys
 from vap_common.embedded import redact_dsn
 from vap_common.grpc_auth import BearerTokenInterceptor, load_or_create_token
 from vap_common.logs import get_logger
+from vap_common.nats_auth import NatsAuth
 from vap_control import metrics
 from vap_control.agent_sync import AgentSync
 from vap_control.bus import NatsConnection
@@ -108,12 +109,19 @@ class _GenericHandlersOnly:
 
 
 class ControlService:
-    def __init__(self, settings: ControlSettings, *, nats_url: str, database_url: str) -> None:
+    def __init__(
+        self,
+        settings: ControlSettings,
+        *,
+        nats_url: str,
+        database_url: str,
+        nats_auth: NatsAuth | None = None,
+    ) -> None:
         self.settings = settings
         self.nats_url = nats_url
         self.database_url = database_url
         self._pool: Pool | None = None
-        self.bus = NatsConnection(nats_url)
+        self.bus = NatsConnection(nats_url, auth=nats_auth or settings.nats_auth())
         self.inference = InferenceClient(
             settings.inference_target,
             timeout_s=settings.inference_timeout_s,

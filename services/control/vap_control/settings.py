@@ -13,6 +13,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from vap_common import subjects
 from vap_common.settings import ServiceSettings
 
 
@@ -77,7 +78,7 @@ class ControlSettings(ServiceSettings):
     health_persist_s: float = Field(default=5.0, gt=0)
 
     # --- inbox (JetStream) ----------------------------------------------------------------------------------
-    inbox_stream: str = Field(default="VAP_RESULTS", pattern=r"^[A-Za-z0-9_-]+$")
+    inbox_stream: str = Field(default=subjects.RESULTS_STREAM, pattern=r"^[A-Za-z0-9_-]+$")
     inbox_consumer: str = Field(default="vap-control-inbox", pattern=r"^[A-Za-z0-9_-]+$")
     inbox_storage: Literal["file", "memory"] = "file"
     # Results waiting for the control service are kept at most this long / this many bytes in JetStream.
@@ -92,7 +93,7 @@ class ControlSettings(ServiceSettings):
     # Unacknowledged results are redelivered after this long (e.g. when a control instance died mid-batch).
     inbox_ack_wait_s: float = Field(default=30.0, gt=0)
     # Latest ScenarioConfig per scenario, kept in a JetStream stream so late-starting consumers catch up.
-    config_stream: str = Field(default="VAP_SCENARIO_CONFIG", pattern=r"^[A-Za-z0-9_-]+$")
+    config_stream: str = Field(default=subjects.CONFIG_STREAM, pattern=r"^[A-Za-z0-9_-]+$")
 
     # --- live subscriptions ---------------------------------------------------------------------------------
     # Messages buffered per gRPC subscriber; when full the oldest are dropped and counted for that subscriber.

@@ -10,6 +10,7 @@ from vap_common import subjects
 from vap_common.bus import Handler, NatsBus
 from vap_common.embedded import service_endpoints
 from vap_common.logs import get_logger
+from vap_common.nats_auth import Role
 from vap_common.runtime import ServiceRuntime
 from vap_common.scenario_configs import ConfigRevisions, follow_scenario_configs
 from vap_dataset.capture import Capture, frame_boxes
@@ -23,9 +24,9 @@ _log = get_logger("vap.dataset")
 
 async def run(settings: DatasetSettings) -> None:
     async with ServiceRuntime("dataset", settings) as runtime:
-        with service_endpoints(settings) as endpoints:
+        with service_endpoints(settings, role=Role.DATASET) as endpoints:
             assert endpoints.nats_url is not None
-            bus = await NatsBus.connect(endpoints.nats_url, name="vap-dataset")
+            bus = await NatsBus.connect(endpoints.nats_url, name="vap-dataset", auth=endpoints.nats_auth)
             try:
                 await _capture(settings, runtime, bus)
             finally:

@@ -67,19 +67,35 @@ def channel_argv(process_restarts: int) -> list[str]:
     ]
 
 
+# Settings a decoder process does not get as VAP_DECODER_* variables: the URLs, and the credentials, which it
+# gets as its own VAP_NATS_* (the channel's credentials, never the agent's when the channel has its own).
+_NOT_INHERITED = frozenset(
+    {
+        "nats_url",
+        "database_url",
+        *(name for name in DecoderSettings.model_fields if name.startswith(("nats_", "channel_nats_"))),
+    }
+)
+
+
 def child_environment(settings: DecoderSettings, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for a decoder process: ``base`` (default: ours) plus the agent's resolved settings."""
-    env = dict(os.environ if base is None else base)
-    env.pop("VAP_CONFIG", None)  # the values below are already resolved from it
-    # The agent opens sealed camera URLs; its decoder processes get the plain URL and no key.
-    env.pop(KEYS_ENV, None)
-    env.pop(KEY_FILE_ENV, None)
-    for name, value in settings.model_dump(exclude={"nats_url", "database_url"}, mode="json").items():
+    """Environment for a decoder process: ``base`` (default: ours) plus the agent's resolved settings, with
+    the NATS credentials of the decoder processes (``channel_nats_auth``) in place of the agent's. The agent
+    opens sealed camera URLs; its decoder processes get the plain URL and no camera key."""
+    env = {
+        key: value
+        for key, value in (os.environ if base is None else base).items()
+        # the values below are already resolved from VAP_CONFIG; credentials are set below
+        if key not in ("VAP_CONFIG", KEYS_ENV, KEY_FILE_ENV)
+        and not key.startswith(("VAP_NATS_", "VAP_DECODER_CHANNEL_NATS_"))
+    }
+    for name, value in settings.model_dump(exclude=set(_NOT_INHERITED), mode="json").items():
         # Lists and mappings as JSON, the form the settings parser reads them back in.
         text = json.dumps(value) if isinstance(value, list | dict) else str(value)
         env[f"VAP_DECODER_{name.upper()}"] = text
     if settings.nats_url:
         env["NATS_URL"] = settings.nats_url
+    env |= settings.channel_nats_auth().environment()
     return env
 
 
@@ -134,7 +150,9 @@ def run_channel(argv: list[str] | None = None) -> int:
     publisher = FramePublisher()
     if settings.nats_url:
         try:
-            publisher.connect(settings.nats_url, name=f"decoder-{start.channel_id}")
+            publisher.connect(
+                settings.nats_url, name=f"decoder-{start.channel_id}", auth=settings.nats_auth()
+            )
         except FrameBusError as exc:
             # Without NATS nobody can see frames or health: let the agent restart us with backoff.
             log.error("cannot connect to NATS", error=str(exc))

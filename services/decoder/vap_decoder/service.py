@@ -7,10 +7,13 @@ Without NATS_URL an embedded NATS server is started in ``data_dir`` (DESIGN.md "
 
 from __future__ import annotations
 
+from pydantic import SecretStr
+
 from vap_common.bus import connect_nats
 from vap_common.embedded import service_endpoints
 from vap_common.entry import service_main
 from vap_common.logs import get_logger
+from vap_common.nats_auth import Role
 from vap_common.redact import redact_url
 from vap_common.runtime import ServiceRuntime
 from vap_decoder.agent import DecoderAgent
@@ -22,16 +25,23 @@ _log = get_logger("vap.decoder.service")
 
 async def run_agent(settings: DecoderSettings) -> None:
     async with ServiceRuntime("decoder-agent", settings) as runtime:
-        with service_endpoints(settings) as endpoints:
-            nats_url = endpoints.nats_url
+        with service_endpoints(settings, role=Role.DECODER_AGENT) as endpoints:
+            nats_url, auth = endpoints.nats_url, endpoints.nats_auth
             assert nats_url is not None
-            # The agent's decoder processes get the URL from the settings.
-            settings = settings.model_copy(update={"nats_url": nats_url})
+            # The agent's decoder processes get the URL (and, without their own, the credentials) from the
+            # settings.
+            settings = settings.model_copy(
+                update={
+                    "nats_url": nats_url,
+                    "nats_user": auth.user,
+                    "nats_password": SecretStr(auth.password),
+                }
+            )
             # Rings of decoders that died with a previous agent (their writers are gone).
             removed = cleanup_stale_rings()
             if removed:
                 _log.info("removed stale rings", rings=removed)
-            nc = await connect_nats(nats_url, name=f"decoder-agent-{settings.agent_id}")
+            nc = await connect_nats(nats_url, name=f"decoder-agent-{settings.agent_id}", auth=auth)
             agent = DecoderAgent(settings, nc)
             try:
                 await agent.start()

@@ -8,12 +8,14 @@ agent's settings through its environment (see ``process.child_environment``), ne
 from __future__ import annotations
 
 import socket
-from typing import ClassVar, Literal
+from pathlib import Path
+from typing import ClassVar, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from vap_common.settings import ServiceSettings
+from vap_common.nats_auth import NatsAuth
+from vap_common.settings import ServiceSettings, resolve_password
 
 ThreadType = Literal["AUTO", "FRAME", "SLICE", "NONE"]
 
@@ -54,6 +56,12 @@ class DecoderSettings(ServiceSettings):
     stop_grace_s: float = Field(default=5.0, gt=0)
     # Commands already answered, kept to answer repeats (same command_id) with the first reply.
     reply_cache_size: int = Field(default=1024, ge=1)
+    # NATS credentials of the decoder processes (VAP_DECODER_CHANNEL_NATS_USER / _PASSWORD / _PASSWORD_FILE):
+    # the decoder-channel role may publish frames and health only, so the processes that parse camera
+    # streams hold no more than that. Empty = the agent's own credentials.
+    channel_nats_user: str = ""
+    channel_nats_password: SecretStr = SecretStr("")
+    channel_nats_password_file: Path | None = None
 
     # --- decoder processes: defaults for unset SourceSpec fields ----------------------------------------
     ring_slots: int = Field(default=8, ge=2)
@@ -93,3 +101,22 @@ class DecoderSettings(ServiceSettings):
     def reported_node_id(self) -> str:
         """The node id AgentStatus reports: ``node_id``, or the host name on a single node."""
         return self.node_id or socket.gethostname()
+
+    @model_validator(mode="after")
+    def _channel_credentials(self) -> Self:
+        self.channel_nats_password = resolve_password(
+            self.channel_nats_user,
+            self.channel_nats_password,
+            self.channel_nats_password_file,
+            "channel_nats",
+        )
+        self.channel_nats_password_file = None
+        return self
+
+    def channel_nats_auth(self) -> NatsAuth:
+        """How the decoder processes connect: their own user when configured, else the agent's (TLS as the
+        agent's)."""
+        own = self.nats_auth()
+        if not self.channel_nats_user:
+            return own
+        return NatsAuth(self.channel_nats_user, self.channel_nats_password.get_secret_value(), own.tls)

@@ -12,6 +12,7 @@ import sys
 from vap_common.embedded import service_endpoints
 from vap_common.entry import service_main
 from vap_common.grpc_auth import BearerTokenInterceptor
+from vap_common.nats_auth import Role
 from vap_common.runtime import ServiceRuntime
 from vap_inference import metrics
 from vap_inference.grpc_api import InferenceApi, add_to_server
@@ -33,10 +34,10 @@ async def run(settings: InferenceSettings) -> None:
         add_to_server(runtime.add_grpc_service(), api)
         service = InferenceService(settings, manager)
         try:
-            with service_endpoints(settings) as endpoints:
+            with service_endpoints(settings, role=Role.INFERENCE) as endpoints:
                 assert endpoints.nats_url is not None
                 try:
-                    await service.start(endpoints.nats_url)
+                    await service.start(endpoints.nats_url, auth=endpoints.nats_auth)
                     await runtime.set_serving(True)
                     await runtime.stopped()
                     await runtime.set_serving(False)

@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 
 from vap_common import subjects
 from vap_common.logs import get_logger
+from vap_common.nats_auth import NatsAuth
 from vap_common.scenario_configs import (
     ConfigRevisions,
     fetch_latest_scenario_configs_from,
@@ -89,15 +90,18 @@ class InferenceService:
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
-    async def start(self, nats_url: str) -> None:
+    async def start(self, nats_url: str, *, auth: NatsAuth | None = None) -> None:
+        """Connect to NATS at ``nats_url`` as ``auth`` (default: the URL's user info) and subscribe."""
         loop = asyncio.get_running_loop()
         # Load the default model before subscribing: a missing or broken model fails the start loudly.
         await loop.run_in_executor(self._executor, self.manager.get, self.manager.default_name)
         for name in self.settings.preload:
             await loop.run_in_executor(self._executor, self.manager.get, name)
-        await self._bus.connect(nats_url, name="vap-inference")
+        await self._bus.connect(nats_url, name="vap-inference", auth=auth)
         stored = await follow_scenario_configs(
-            self._bus.subscribe, lambda: fetch_latest_scenario_configs_from(nats_url), self._on_config
+            self._bus.subscribe,
+            lambda: fetch_latest_scenario_configs_from(nats_url, auth=auth),
+            self._on_config,
         )
         frames = subjects.all_frames(self.settings.node_id)
         await self._bus.subscribe(frames, self._on_frame, queue=self.settings.queue_group)

@@ -13,6 +13,7 @@ import sys
 from vap_common.bus import NatsBus
 from vap_common.embedded import service_endpoints
 from vap_common.entry import service_main
+from vap_common.nats_auth import Role
 from vap_common.runtime import ServiceRuntime
 from vap_models import PackagedModelError
 from vap_tracker.attributes.classifier import ClassifierLoadError
@@ -28,9 +29,9 @@ async def run(settings: TrackerServiceSettings) -> int:
         except (ClassifierLoadError, PackagedModelError, ValueError) as exc:
             print(f"tracker.attributes: {exc}", file=sys.stderr)
             return 2
-        with service_endpoints(settings) as endpoints:
+        with service_endpoints(settings, role=Role.TRACKER) as endpoints:
             assert endpoints.nats_url is not None
-            bus = await NatsBus.connect(endpoints.nats_url, name="vap-tracker")
+            bus = await NatsBus.connect(endpoints.nats_url, name="vap-tracker", auth=endpoints.nats_auth)
             service.bus = bus
             try:
                 await service.start()

@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from vap_common.embedded import service_endpoints
+from vap_common.embedded import Endpoints, service_endpoints
 from vap_common.entry import service_main
 from vap_common.logs import get_logger
+from vap_common.nats_auth import Role
 from vap_common.runtime import ServiceRuntime
 from vap_common.settings import SettingsError
 from vap_framebus import AsyncFrameSubscriber
@@ -37,17 +38,18 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 @contextlib.asynccontextmanager
-async def _nats(settings: WebSettings) -> AsyncIterator[str]:
-    with service_endpoints(settings) as endpoints:
+async def _nats(settings: WebSettings) -> AsyncIterator[Endpoints]:
+    with service_endpoints(settings, role=Role.WEB) as endpoints:
         assert endpoints.nats_url is not None
-        yield endpoints.nats_url
+        yield endpoints
 
 
 async def run(settings: WebSettings) -> None:
     host, port = split_listen(settings.listen)
-    async with ServiceRuntime("web", settings) as runtime, _nats(settings) as nats_url:
+    async with ServiceRuntime("web", settings) as runtime, _nats(settings) as endpoints:
         bus = AsyncFrameSubscriber()
-        await bus.connect(nats_url, name="vap-web")
+        assert endpoints.nats_url is not None
+        await bus.connect(endpoints.nats_url, name="vap-web", auth=endpoints.nats_auth)
         client = ControlClient(settings)
         encoder = FrameEncoder(settings.jpeg_quality, settings.max_width)
         watches = Watches(client, bus, encoder, settings)
